@@ -1,0 +1,523 @@
+"""The cost ledger: SQLAlchemy Core over SQLite (default, WAL) or PostgreSQL.
+
+One write path (:meth:`Ledger.ingest`) for every source. Rows are keyed by a stable natural key
+(source + line-item id or dimension hash + charge period + occurrence within the batch), so:
+
+* ingesting the same data again replaces, never adds;
+* a restated row (same identity, different values) supersedes the old one; the change goes to the audit table;
+* two identical rows in one file are two charges (occurrence 0 and 1), and re-ingesting the file still
+  yields exactly those two;
+* with ``replace_window=True`` a collector that re-pulls a whole window also removes rows that vanished
+  from the source (restated bills), again with an audit entry;
+* rows that fail validation go to the quarantine table with the reason, and every valid row still lands.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from finops_provider.core.focus import BadRow
+from finops_provider.core.money import MoneyBag
+from finops_provider.core.records import COLUMNS, COST_BASES, CostRecord, Kind
+from finops_provider.core.schema import (
+    SCHEMA_REVISION,
+    breach,
+    cost_line,
+    cost_line_audit,
+    ingest_batch,
+    metadata,
+    quarantine,
+)
+
+log = logging.getLogger(__name__)
+
+_RECORD_ATTRS = tuple(c.attr for c in COLUMNS)
+_TAG_ATTRS = frozenset(c.attr for c in COLUMNS if c.kind is Kind.TAGS)
+_CHUNK = 2_000
+
+
+def finops_home() -> Path:
+    """``$FINOPS_HOME`` or ``~/.finops``; created on first use."""
+    p = Path(os.environ.get("FINOPS_HOME") or Path.home() / ".finops").expanduser()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def default_ledger_url() -> str:
+    """``$FINOPS_LEDGER_URL`` or a SQLite file under :func:`finops_home`."""
+    return os.environ.get("FINOPS_LEDGER_URL") or f"sqlite:///{finops_home() / 'ledger.db'}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs and errors."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable url>"
+
+
+def make_engine(url: str) -> Engine:
+    u = sa.engine.make_url(url)
+    if u.drivername.startswith("sqlite"):
+        if u.database and u.database != ":memory:":
+            Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(u, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        return engine
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return sa.create_engine(u, pool_pre_ping=True)
+
+
+@dataclass
+class IngestResult:
+    """What one :meth:`Ledger.ingest` call did. Money totals are of the rows received, per currency."""
+
+    batch_id: str
+    rows_in: int = 0
+    inserted: int = 0
+    restated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    quarantined: int = 0
+    totals: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _record_to_row(r: CostRecord) -> dict[str, Any]:
+    row = {a: getattr(r, a) for a in _RECORD_ATTRS}
+    for a in _TAG_ATTRS:
+        v = row[a]
+        row[a] = json.dumps(v, sort_keys=True, ensure_ascii=False) if v else None
+    return row
+
+
+def _row_to_record(m: Any) -> CostRecord:
+    kw = {a: m[a] for a in _RECORD_ATTRS}
+    for a in _TAG_ATTRS:
+        kw[a] = json.loads(kw[a]) if kw[a] else {}
+    kw["x_provisional"] = bool(kw["x_provisional"])
+    return CostRecord(**kw)
+
+
+class Ledger:
+    """The FinOps cost ledger.
+
+    :param url: SQLAlchemy URL; default :func:`default_ledger_url` (SQLite under ``$FINOPS_HOME``).
+    :param migrate: bring the schema to the current revision on open (cheap when already current).
+    """
+
+    def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
+        self.url = url or default_ledger_url()
+        self.engine = make_engine(self.url)
+        self.dialect = self.engine.dialect.name
+        if migrate:
+            self.migrate()
+
+    def __repr__(self) -> str:
+        return f"Ledger({redact_url(self.url)})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- schema
+    def schema_revision(self) -> str | None:
+        insp = sa.inspect(self.engine)
+        if not insp.has_table("finops_alembic_version"):
+            return None
+        with self.engine.connect() as c:
+            return c.execute(sa.text("SELECT version_num FROM finops_alembic_version")).scalar()
+
+    def migrate(self) -> None:
+        """Run Alembic migrations up to head (skipped when the database is already at head)."""
+        if self.schema_revision() == SCHEMA_REVISION:
+            return
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":  # one migrator at a time
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(724521)"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        log.info("ledger %s migrated to schema %s", redact_url(self.url), SCHEMA_REVISION)
+
+    # ----------------------------------------------------------------- write
+    def _insert(self) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert
+
+    def ingest(
+        self,
+        items: Iterable[CostRecord | BadRow],
+        *,
+        source: str,
+        scope: str | None = None,
+        window: tuple[dt.datetime, dt.datetime] | None = None,
+        replace_window: bool = False,
+        batch_id: str | None = None,
+    ) -> IngestResult:
+        """Upsert records and quarantine bad rows, atomically, as one batch.
+
+        :param items: records and :class:`BadRow` s (bad rows go to quarantine).
+        :param source: short source name, for example ``aws-ce`` or ``focus-file``.
+        :param scope: the collection this batch is complete for (default: ``source``); with
+            ``replace_window`` rows of this scope inside ``window`` that are not in the batch are removed.
+        :param window: ``[start, end)`` of charge periods this batch covers.
+        :param replace_window: remove rows of ``scope`` in ``window`` that this batch no longer has.
+        :param batch_id: idempotency / audit handle; generated when not given.
+        :return: counts and per-currency totals of the valid rows received.
+        """
+        if replace_window and window is None:
+            raise ValueError("replace_window=True needs window=(start, end)")
+        scope = scope or source
+        batch_id = batch_id or uuid.uuid4().hex
+        now = dt.datetime.now(dt.UTC)
+        res = IngestResult(batch_id=batch_id)
+        bag = MoneyBag()
+        seen: Counter[str] = Counter()
+        keys_in_batch: set[str] = set()
+        insert = self._insert()
+        with self.engine.begin() as conn:
+            conn.execute(
+                ingest_batch.insert().values(
+                    batch_id=batch_id,
+                    source=source,
+                    collection_scope=scope,
+                    started_at=now,
+                    window_start=window[0] if window else None,
+                    window_end=window[1] if window else None,
+                )
+            )
+            chunk: list[dict[str, Any]] = []
+            bad: list[dict[str, Any]] = []
+            for item in items:
+                res.rows_in += 1
+                if isinstance(item, BadRow):
+                    bad.append(
+                        {
+                            "batch_id": batch_id,
+                            "source": source,
+                            "row_number": item.row_number,
+                            "field": item.field[:100],
+                            "reason": item.reason,
+                            "raw": json.dumps(item.raw, ensure_ascii=False, default=str)[:20_000],
+                            "at": now,
+                        }
+                    )
+                    if len(bad) >= _CHUNK:
+                        conn.execute(quarantine.insert(), bad)
+                        res.quarantined += len(bad)
+                        bad = []
+                    continue
+                ident = item.identity()
+                occ = seen[ident]
+                seen[ident] += 1
+                nk = f"{ident}:{occ}"
+                keys_in_batch.add(nk)
+                bag.add_raw(item.billed_cost, item.billing_currency)
+                row = _record_to_row(item)
+                row.update(
+                    natural_key=nk,
+                    collection_scope=scope,
+                    content_hash=item.content_hash(),
+                    batch_id=batch_id,
+                    updated_at=now,
+                )
+                chunk.append(row)
+                if len(chunk) >= _CHUNK:
+                    self._upsert_chunk(conn, insert, chunk, res, batch_id, now)
+                    chunk = []
+            if chunk:
+                self._upsert_chunk(conn, insert, chunk, res, batch_id, now)
+            if bad:
+                conn.execute(quarantine.insert(), bad)
+                res.quarantined += len(bad)
+            if replace_window and window is not None:
+                res.removed = self._remove_vanished(conn, scope, window, keys_in_batch, batch_id, now)
+            conn.execute(
+                ingest_batch.update()
+                .where(ingest_batch.c.batch_id == batch_id)
+                .values(
+                    finished_at=dt.datetime.now(dt.UTC),
+                    rows_in=res.rows_in,
+                    inserted=res.inserted,
+                    restated=res.restated,
+                    unchanged=res.unchanged,
+                    removed=res.removed,
+                    quarantined=res.quarantined,
+                )
+            )
+        res.totals = bag.to_json()
+        log.info(
+            "ledger batch %s (%s): %d in, %d new, %d restated, %d unchanged, %d removed, %d quarantined",
+            batch_id,
+            source,
+            res.rows_in,
+            res.inserted,
+            res.restated,
+            res.unchanged,
+            res.removed,
+            res.quarantined,
+        )
+        return res
+
+    def _upsert_chunk(
+        self, conn: Connection, insert: Any, chunk: list[dict[str, Any]], res: IngestResult, batch_id: str, now: Any
+    ) -> None:
+        keys = [r["natural_key"] for r in chunk]
+        existing = {
+            row.natural_key: row
+            for row in conn.execute(
+                sa.select(
+                    cost_line.c.natural_key,
+                    cost_line.c.content_hash,
+                    cost_line.c.billed_cost,
+                    cost_line.c.effective_cost,
+                    cost_line.c.billing_currency,
+                ).where(cost_line.c.natural_key.in_(keys))
+            )
+        }
+        writes: list[dict[str, Any]] = []
+        audits: list[dict[str, Any]] = []
+        for r in chunk:
+            old = existing.get(r["natural_key"])
+            if old is None:
+                res.inserted += 1
+                writes.append(r)
+            elif old.content_hash != r["content_hash"]:
+                res.restated += 1
+                writes.append(r)
+                audits.append(
+                    {
+                        "natural_key": r["natural_key"],
+                        "action": "restated",
+                        "batch_id": batch_id,
+                        "at": now,
+                        "billing_currency": r["billing_currency"],
+                        "old_billed_cost": old.billed_cost,
+                        "new_billed_cost": r["billed_cost"],
+                        "old_effective_cost": old.effective_cost,
+                        "new_effective_cost": r["effective_cost"],
+                        "old_content_hash": old.content_hash,
+                        "new_content_hash": r["content_hash"],
+                    }
+                )
+            else:
+                res.unchanged += 1
+        if writes:
+            stmt = insert(cost_line)
+            update_cols = {c.name: stmt.excluded[c.name] for c in cost_line.columns if c.name not in ("id", "natural_key")}
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["natural_key"],
+                set_=update_cols,
+                where=cost_line.c.content_hash != stmt.excluded.content_hash,
+            )
+            conn.execute(stmt, writes)
+        if audits:
+            conn.execute(cost_line_audit.insert(), audits)
+
+    def _remove_vanished(
+        self,
+        conn: Connection,
+        scope: str,
+        window: tuple[dt.datetime, dt.datetime],
+        keep: set[str],
+        batch_id: str,
+        now: Any,
+    ) -> int:
+        q = sa.select(
+            cost_line.c.natural_key,
+            cost_line.c.content_hash,
+            cost_line.c.billed_cost,
+            cost_line.c.effective_cost,
+            cost_line.c.billing_currency,
+        ).where(
+            cost_line.c.collection_scope == scope,
+            cost_line.c.charge_period_start >= window[0],
+            cost_line.c.charge_period_start < window[1],
+        )
+        gone = [row for row in conn.execute(q) if row.natural_key not in keep]
+        for i in range(0, len(gone), _CHUNK):
+            part = gone[i : i + _CHUNK]
+            conn.execute(
+                cost_line_audit.insert(),
+                [
+                    {
+                        "natural_key": g.natural_key,
+                        "action": "removed",
+                        "batch_id": batch_id,
+                        "at": now,
+                        "billing_currency": g.billing_currency,
+                        "old_billed_cost": g.billed_cost,
+                        "new_billed_cost": None,
+                        "old_effective_cost": g.effective_cost,
+                        "new_effective_cost": None,
+                        "old_content_hash": g.content_hash,
+                        "new_content_hash": None,
+                    }
+                    for g in part
+                ],
+            )
+            conn.execute(cost_line.delete().where(cost_line.c.natural_key.in_([g.natural_key for g in part])))
+        return len(gone)
+
+    # ------------------------------------------------------------------ read
+    def _where(
+        self,
+        *,
+        start: dt.datetime | None = None,
+        end: dt.datetime | None = None,
+        cost_kind: str | None = None,
+        source: str | None = None,
+        scope: str | None = None,
+        dag_id: str | None = None,
+        team: str | None = None,
+        cost_center: str | None = None,
+    ) -> list[Any]:
+        w: list[Any] = []
+        if start is not None:
+            w.append(cost_line.c.charge_period_start >= start)
+        if end is not None:
+            w.append(cost_line.c.charge_period_start < end)
+        for col, val in (
+            (cost_line.c.x_cost_kind, cost_kind),
+            (cost_line.c.x_source, source),
+            (cost_line.c.collection_scope, scope),
+            (cost_line.c.x_dag_id, dag_id),
+            (cost_line.c.x_team, team),
+            (cost_line.c.x_cost_center, cost_center),
+        ):
+            if val is not None:
+                w.append(col == val)
+        return w
+
+    def records(self, **filters: Any) -> Iterator[CostRecord]:
+        """Stream the stored records (ordered by id) matching the filters."""
+        q = sa.select(*[cost_line.c[a] for a in _RECORD_ATTRS]).where(*self._where(**filters)).order_by(cost_line.c.id)
+        with self.engine.connect() as conn:
+            for m in conn.execution_options(yield_per=5_000).execute(q).mappings():
+                yield _row_to_record(m)
+
+    def rows(self, columns: Sequence[str], **filters: Any) -> Iterator[Sequence[Any]]:
+        """Stream selected columns (tags come back as dicts)."""
+        q = sa.select(*[cost_line.c[a] for a in columns]).where(*self._where(**filters))
+        tag_idx = [i for i, a in enumerate(columns) if a in _TAG_ATTRS]
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=10_000).execute(q):
+                if tag_idx:
+                    vals = list(row)
+                    for i in tag_idx:
+                        vals[i] = json.loads(vals[i]) if vals[i] else {}
+                    yield vals
+                else:
+                    yield row
+
+    def totals(self, basis: str = "billed", **filters: Any) -> MoneyBag:
+        """Exact per-currency total of a cost basis over the matching rows."""
+        attr = COST_BASES[basis]
+        bag = MoneyBag()
+        for amount, cur in self.rows([attr, "billing_currency"], **filters):
+            if amount is not None:
+                bag.add_raw(amount, cur)
+        return bag
+
+    def count(self, **filters: Any) -> int:
+        with self.engine.connect() as conn:
+            q = sa.select(sa.func.count()).select_from(cost_line).where(*self._where(**filters))
+            return int(conn.execute(q).scalar_one())
+
+    def quarantined(self, batch_id: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(quarantine).order_by(quarantine.c.id)
+        if batch_id:
+            q = q.where(quarantine.c.batch_id == batch_id)
+        with self.engine.connect() as conn:
+            return [dict(m) for m in conn.execute(q).mappings()]
+
+    def audit_log(self, natural_key: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(cost_line_audit).order_by(cost_line_audit.c.id)
+        if natural_key:
+            q = q.where(cost_line_audit.c.natural_key == natural_key)
+        with self.engine.connect() as conn:
+            return [dict(m) for m in conn.execute(q).mappings()]
+
+    def batches(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(m) for m in conn.execute(sa.select(ingest_batch).order_by(ingest_batch.c.started_at)).mappings()]
+
+    # -------------------------------------------------------- breach claims
+    def claim_breach(self, b: Any) -> bool:
+        """Atomically record a breach; True only for the first caller (the one that must act).
+
+        :param b: a :class:`finops_provider.core.budgets.Breach`.
+        """
+        insert = self._insert()
+        stmt = (
+            insert(breach)
+            .values(
+                dedupe_key=b.dedupe_key,
+                budget=b.budget,
+                period_start=b.period_start,
+                threshold_pct=b.threshold_pct,
+                basis=b.basis,
+                currency=b.budget_amount.currency,
+                budget_amount=b.budget_amount.amount,
+                actual=b.actual.amount,
+                forecast=b.forecast.amount if b.forecast is not None else None,
+                actions=json.dumps(list(b.actions)),
+                first_seen=dt.datetime.now(dt.UTC),
+            )
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        )
+        with self.engine.begin() as conn:
+            return bool(conn.execute(stmt).rowcount == 1)
+
+    def breaches(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(m) for m in conn.execute(sa.select(breach).order_by(breach.c.first_seen)).mappings()]
+
+    def reset(self) -> None:
+        """Drop every finops table (tests and ``finops demo --fresh`` only)."""
+        with self.engine.begin() as conn:
+            metadata.drop_all(conn)
+            conn.execute(sa.text("DROP TABLE IF EXISTS finops_alembic_version"))
+
+
+def exact_total(values: Iterable[Decimal]) -> Decimal:
+    from finops_provider.core.money import exact_sum
+
+    return exact_sum(values)
