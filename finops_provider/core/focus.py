@@ -142,7 +142,8 @@ def _text(v: Any, kind: Kind) -> str:
     if kind in (Kind.MONEY, Kind.DECIMAL):
         return format(v, "f")
     if kind is Kind.TIME:
-        return v.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        u = v.astimezone(dt.UTC)  # keep sub-second precision when there is any (Parquet keeps microseconds too)
+        return u.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if u.microsecond else "%Y-%m-%dT%H:%M:%SZ")
     if kind is Kind.TAGS:
         return json.dumps(v, ensure_ascii=False, sort_keys=True) if v else ""
     if kind is Kind.BOOL:

@@ -107,11 +107,35 @@ class IngestResult:
         return dict(self.__dict__)
 
 
-def _record_to_row(r: CostRecord) -> dict[str, Any]:
-    row = {a: getattr(r, a) for a in _RECORD_ATTRS}
-    for a in _TAG_ATTRS:
-        v = row[a]
-        row[a] = json.dumps(v, sort_keys=True, ensure_ascii=False) if v else None
+_WRITE_TABLE = sa.Table(  # the cost-line table with no per-value bind processing: rows are pre-encoded
+    cost_line.name,
+    sa.MetaData(),
+    *[sa.Column(c.name, sa.types.NullType()) for c in cost_line.columns if c.name != "id"],
+)
+
+
+def _sqlite_time(v: dt.datetime) -> str:
+    """The text SQLAlchemy's SQLite DateTime stores (naive UTC), so range filters compare correctly."""
+    return v.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _record_to_row(r: CostRecord, sqlite: bool) -> dict[str, Any]:
+    """Encode a record for :data:`_WRITE_TABLE` (same encoding as the typed columns in schema.py)."""
+    row: dict[str, Any] = {}
+    for a in _RECORD_ATTRS:
+        v = getattr(r, a)
+        if v is None:
+            row[a] = None
+        elif a in _TAG_ATTRS:
+            row[a] = json.dumps(v, sort_keys=True, ensure_ascii=False) if v else None
+        elif sqlite and type(v) is Decimal:
+            row[a] = format(v, "f")
+        elif sqlite and type(v) is dt.datetime:
+            row[a] = _sqlite_time(v)
+        elif a == "x_provisional":
+            row[a] = bool(v)
+        else:
+            row[a] = v
     return row
 
 
@@ -175,11 +199,14 @@ class Ledger:
 
     # ----------------------------------------------------------------- write
     def _insert(self) -> Any:
+        """The dialect's INSERT with ON CONFLICT support (PostgreSQL and SQLite share the API)."""
         if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert
 
     def ingest(
         self,
@@ -212,6 +239,8 @@ class Ledger:
         seen: Counter[str] = Counter()
         keys_in_batch: set[str] = set()
         insert = self._insert()
+        sqlite = self.dialect == "sqlite"
+        now_w = _sqlite_time(now) if sqlite else now
         with self.engine.begin() as conn:
             conn.execute(
                 ingest_batch.insert().values(
@@ -244,19 +273,19 @@ class Ledger:
                         res.quarantined += len(bad)
                         bad = []
                     continue
-                ident = item.identity()
+                ident, content = item.fingerprints()
                 occ = seen[ident]
                 seen[ident] += 1
                 nk = f"{ident}:{occ}"
                 keys_in_batch.add(nk)
                 bag.add_raw(item.billed_cost, item.billing_currency)
-                row = _record_to_row(item)
+                row = _record_to_row(item, sqlite)
                 row.update(
                     natural_key=nk,
                     collection_scope=scope,
-                    content_hash=item.content_hash(),
+                    content_hash=content,
                     batch_id=batch_id,
-                    updated_at=now,
+                    updated_at=now_w,
                 )
                 chunk.append(row)
                 if len(chunk) >= _CHUNK:
@@ -330,9 +359,9 @@ class Ledger:
                         "at": now,
                         "billing_currency": r["billing_currency"],
                         "old_billed_cost": old.billed_cost,
-                        "new_billed_cost": r["billed_cost"],
+                        "new_billed_cost": Decimal(r["billed_cost"]),
                         "old_effective_cost": old.effective_cost,
-                        "new_effective_cost": r["effective_cost"],
+                        "new_effective_cost": None if r["effective_cost"] is None else Decimal(r["effective_cost"]),
                         "old_content_hash": old.content_hash,
                         "new_content_hash": r["content_hash"],
                     }
@@ -340,12 +369,12 @@ class Ledger:
             else:
                 res.unchanged += 1
         if writes:
-            stmt = insert(cost_line)
-            update_cols = {c.name: stmt.excluded[c.name] for c in cost_line.columns if c.name not in ("id", "natural_key")}
+            stmt = insert(_WRITE_TABLE)
+            update_cols = {c.name: stmt.excluded[c.name] for c in _WRITE_TABLE.columns if c.name != "natural_key"}
             stmt = stmt.on_conflict_do_update(
                 index_elements=["natural_key"],
                 set_=update_cols,
-                where=cost_line.c.content_hash != stmt.excluded.content_hash,
+                where=_WRITE_TABLE.c.content_hash != stmt.excluded.content_hash,
             )
             conn.execute(stmt, writes)
         if audits:
@@ -406,8 +435,14 @@ class Ledger:
         source: str | None = None,
         scope: str | None = None,
         dag_id: str | None = None,
+        task_id: str | None = None,
+        run_id: str | None = None,
+        job_id: str | None = None,
         team: str | None = None,
         cost_center: str | None = None,
+        platform: str | None = None,
+        service: str | None = None,
+        currency: str | None = None,
     ) -> list[Any]:
         w: list[Any] = []
         if start is not None:
@@ -419,11 +454,23 @@ class Ledger:
             (cost_line.c.x_source, source),
             (cost_line.c.collection_scope, scope),
             (cost_line.c.x_dag_id, dag_id),
+            (cost_line.c.x_task_id, task_id),
+            (cost_line.c.x_run_id, run_id),
+            (cost_line.c.x_job_id, job_id),
             (cost_line.c.x_team, team),
             (cost_line.c.x_cost_center, cost_center),
+            (cost_line.c.service_name, service),
+            (cost_line.c.billing_currency, currency),
         ):
             if val is not None:
                 w.append(col == val)
+        if platform is not None:  # same rule as the aggregation's "platform" dimension
+            w.append(
+                sa.or_(
+                    cost_line.c.x_platform == platform,
+                    sa.and_(cost_line.c.x_platform.is_(None), cost_line.c.provider_name == platform),
+                )
+            )
         return w
 
     def records(self, **filters: Any) -> Iterator[CostRecord]:
@@ -477,7 +524,9 @@ class Ledger:
 
     def batches(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            return [dict(m) for m in conn.execute(sa.select(ingest_batch).order_by(ingest_batch.c.started_at)).mappings()]
+            return [
+                dict(m) for m in conn.execute(sa.select(ingest_batch).order_by(ingest_batch.c.started_at)).mappings()
+            ]
 
     # -------------------------------------------------------- breach claims
     def claim_breach(self, b: Any) -> bool:
@@ -502,9 +551,11 @@ class Ledger:
                 first_seen=dt.datetime.now(dt.UTC),
             )
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            # RETURNING, not rowcount: psycopg 3 reports rowcount -1 once SQLAlchemy has closed the cursor
+            .returning(breach.c.dedupe_key)
         )
         with self.engine.begin() as conn:
-            return bool(conn.execute(stmt).rowcount == 1)
+            return conn.execute(stmt).first() is not None
 
     def breaches(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -58,7 +58,9 @@ def to_decimal(value: Any, *, field_name: str = "amount") -> Decimal:
         try:
             d = Decimal(text)
         except InvalidOperation:
-            raise MoneyError(f"{field_name}: {text[:40]!r} is not a number; give a plain decimal such as 12.50") from None
+            raise MoneyError(
+                f"{field_name}: {text[:40]!r} is not a number; give a plain decimal such as 12.50"
+            ) from None
     else:
         raise MoneyError(f"{field_name}: expected a number, got {type(value).__name__}")
     if not d.is_finite():

@@ -15,13 +15,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
-from finops_provider.core.money import Money, MoneyError, check_currency, to_decimal
+from finops_provider.core.money import MONEY_CONTEXT, Money, MoneyError, check_currency, to_decimal
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """How a column is typed."""
 
     MONEY = "money"  # Decimal in BillingCurrency
@@ -119,7 +119,12 @@ HEADER_ALIASES: dict[str, str] = {
     "id": "x_line_item_id",  # the FOCUS sample data's row id
 }
 MONEY_ATTRS = tuple(c.attr for c in COLUMNS if c.kind is Kind.MONEY)
-COST_BASES = {"billed": "billed_cost", "effective": "effective_cost", "list": "list_cost", "contracted": "contracted_cost"}
+COST_BASES = {
+    "billed": "billed_cost",
+    "effective": "effective_cost",
+    "list": "list_cost",
+    "contracted": "contracted_cost",
+}
 COST_KINDS = ("billed", "estimate")
 UNALLOCATED = "(unallocated)"
 
@@ -210,22 +215,23 @@ class CostRecord:
 
     def identity(self) -> str:
         """Hash of what the charge *is* (not how much it cost): stable across restatements."""
-        h = hashlib.blake2b(digest_size=16)
-        h.update(self.x_source.encode())
-        if self.x_line_item_id:
-            h.update(b"\x00id\x00" + self.x_line_item_id.encode())
-            h.update(b"\x00" + _enc(self.charge_period_start))
-        else:
-            for c in _IDENTITY_COLUMNS:
-                h.update(b"\x00" + _enc(getattr(self, c.attr)))
-        return h.hexdigest()
+        return self.fingerprints()[0]
 
     def content_hash(self) -> str:
         """Hash of every column: changes when any value (including cost) changes."""
-        h = hashlib.blake2b(digest_size=16)
-        for c in COLUMNS:
-            h.update(b"\x00" + _enc(getattr(self, c.attr)))
-        return h.hexdigest()
+        return self.fingerprints()[1]
+
+    def fingerprints(self) -> tuple[str, str]:
+        """(identity, content hash) computed in one pass (the ledger needs both for every row)."""
+        dims = "\x1f".join([_enc(getattr(self, a)) for a in _IDENTITY_ATTRS])
+        metrics = "\x1f".join([_enc(getattr(self, a)) for a in _METRIC_ATTRS])
+        if self.x_line_item_id:
+            ident_text = f"{self.x_source}\x1eid\x1e{self.x_line_item_id}\x1e{_enc(self.charge_period_start)}"
+        else:
+            ident_text = f"{self.x_source}\x1e{dims}"
+        ident = hashlib.blake2b(ident_text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+        content = hashlib.blake2b(f"{dims}\x1e{metrics}".encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+        return ident, content
 
     def to_focus_row(self) -> dict[str, Any]:
         """FOCUS column name -> typed value (Decimal, datetime, dict, str, bool or None)."""
@@ -235,19 +241,23 @@ class CostRecord:
         return dataclasses.replace(self, **changes)
 
 
-_IDENTITY_COLUMNS = tuple(c for c in COLUMNS if not c.metric and not c.derived)
+_IDENTITY_ATTRS = tuple(c.attr for c in COLUMNS if not c.metric and not c.derived)
+_METRIC_ATTRS = tuple(c.attr for c in COLUMNS if c.metric or c.derived)
 
 
-def _enc(v: Any) -> bytes:
+def _enc(v: Any) -> str:
+    t = type(v)
+    if t is str:
+        return v  # type: ignore[no-any-return]
     if v is None:
-        return b"\x01"
-    if isinstance(v, dict):
-        return json.dumps(v, sort_keys=True, ensure_ascii=False).encode()
-    if isinstance(v, dt.datetime):
-        return v.isoformat().encode()
-    if isinstance(v, Decimal):
-        return format(v.normalize(), "f").encode() if v else b"0"
-    return str(v).encode("utf-8", "surrogatepass")
+        return "\x00"
+    if t is Decimal:
+        return format(v.normalize(MONEY_CONTEXT), "f") if v else "0"  # 60 digits: never rounds a stored amount
+    if t is dt.datetime:
+        return v.isoformat()  # type: ignore[no-any-return]
+    if t is dict:
+        return json.dumps(v, sort_keys=True, ensure_ascii=False) if v else "{}"
+    return str(v)
 
 
 # --------------------------------------------------------------------- parsing
@@ -263,11 +273,18 @@ def check_magnitude(value: Decimal, field_name: str) -> None:
     """Reject numbers the ledger could not store exactly (instead of silently rounding them)."""
     if value and value.adjusted() >= MAX_INT_DIGITS:
         raise RecordError(field_name, f"{value:.6E} is out of range (10^{MAX_INT_DIGITS} or more); check the export")
-    exp = value.normalize().as_tuple().exponent
-    if isinstance(exp, int) and exp < -MAX_SCALE:
+    _, digits, exp = value.as_tuple()
+    if isinstance(exp, int):  # exact decimal places: drop trailing zeros without rounding (no normalize())
+        n = len(digits)
+        while n > 1 and digits[n - 1] == 0:
+            n -= 1
+        exp += len(digits) - n
+    if value and isinstance(exp, int) and exp < -MAX_SCALE:
         raise RecordError(
             field_name, f"{value} has more than {MAX_SCALE} decimal places; round it at the source or check the export"
         )
+
+
 MAX_TEXT = 4096
 
 
@@ -304,7 +321,9 @@ def _parse_tags(value: Any) -> dict[str, str]:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as e:
-            raise RecordError("Tags", f"not valid JSON ({e.msg}); write a JSON object such as {{\"team\": \"data\"}}") from None
+            raise RecordError(
+                "Tags", f'not valid JSON ({e.msg}); write a JSON object such as {{"team": "data"}}'
+            ) from None
     if not isinstance(value, Mapping):
         raise RecordError("Tags", "must be a JSON object of key -> value")
     if len(value) > MAX_TAGS:

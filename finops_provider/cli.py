@@ -1,0 +1,370 @@
+"""The ``finops`` command: demo, ingest, export, report, collect, validate-config."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from finops_provider.core.config import ConfigError, FinOpsConfig, load_config
+from finops_provider.core.money import Money
+
+app = typer.Typer(help="FinOps control plane for data platforms.", no_args_is_help=True, add_completion=False)
+console = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="config.yaml (default: FINOPS_CONFIG)")]
+LedgerOpt = Annotated[
+    str | None, typer.Option("--ledger", help="ledger URL (default: FINOPS_LEDGER_URL or SQLite in FINOPS_HOME)")
+]
+
+
+def _config(path: Path | None) -> FinOpsConfig:
+    from finops_provider.settings import get_config
+
+    try:
+        return get_config(path)
+    except ConfigError as e:
+        err.print(f"[red]config error[/red]\n{e}")
+        raise typer.Exit(2) from None
+
+
+def _ledger(url: str | None, cfg: FinOpsConfig) -> Any:
+    from finops_provider.settings import get_ledger
+
+    return get_ledger(url, cfg)
+
+
+def _parse_day(s: str, opt: str) -> dt.datetime:
+    try:
+        d = dt.date.fromisoformat(s)
+    except ValueError:
+        err.print(f"[red]{opt}[/red]: {s!r} is not a date; use YYYY-MM-DD")
+        raise typer.Exit(2) from None
+    return dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC)
+
+
+def _money_table(title: str, rows: list[dict[str, Any]], key_title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    t.add_column(key_title)
+    t.add_column("Cost", justify="right")
+    t.add_column("Share", justify="right")
+    for r in rows:
+        t.add_row(str(r["key"]), Money.of(r["amount"], r["currency"]).format(), f"{r['share_pct']} %")
+    return t
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Rich rendering of the executive summary (same data as the Markdown/JSON)."""
+    from rich.markup import escape
+
+    p = summary["period"]
+    t = Table(title=f"Spend — {p['kind']} {p['start'][:10]} .. {p['end'][:10]}", title_justify="left")
+    for c in ("Currency", "Billed", "Effective", "Previous", "Change"):
+        t.add_column(c, justify="right" if c != "Currency" else "left")
+    for cur, amt in summary["totals"]["billed"].items():
+        tr = summary["trend"].get(cur, {})
+        t.add_row(
+            cur,
+            Money.of(amt, cur).format(),
+            Money.of(summary["totals"]["effective"].get(cur, "0"), cur).format(),
+            Money.of(tr.get("previous", "0"), cur).format(),
+            f"{tr['change_pct']} %" if tr.get("change_pct") else "n/a",
+        )
+    console.print(t)
+    for dim, title in (
+        ("team", "Team"),
+        ("cost_center", "Cost center"),
+        ("platform", "Platform"),
+        ("dag", "Job (DAG)"),
+    ):
+        rows = [dict(r, key=escape(str(r["key"]))) for r in summary["breakdowns"][dim][:8]]
+        console.print(_money_table(f"Top by {title.lower()}", rows, title))
+    if summary["budgets"]:
+        bt = Table(title="Budgets", title_justify="left")
+        for c in ("Budget", "Period", "Spent", "Budget", "Used", "Forecast", "Breach ETA"):
+            bt.add_column(c, justify="right" if c not in ("Budget", "Period", "Breach ETA") else "left")
+        for b in summary["budgets"]:
+            cur = b["amount"]["currency"]
+            used = float(b["utilisation_pct"])
+            style = "red" if used >= 100 else "yellow" if used >= 80 else "green"
+            bt.add_row(
+                escape(b["budget"]),
+                b["period"],
+                Money.of(b["actual"]["amount"], cur).format(),
+                Money.of(b["amount"]["amount"], cur).format(),
+                f"[{style}]{b['utilisation_pct']} %[/{style}]",
+                f"{b['forecast_pct']} %",
+                (b["breach_eta"] or "—")[:16],
+            )
+        console.print(bt)
+    if summary["breaches"]:
+        console.print("[bold red]Breaches[/bold red]")
+        for br in summary["breaches"]:
+            console.print(
+                f"  • {escape(br['budget'])}: {br['threshold_pct']} % ({br['basis']}) → {', '.join(br['actions'])}"
+            )
+    if summary["anomalies"]:
+        console.print("[bold yellow]Anomalies[/bold yellow]")
+        for a in summary["anomalies"]:
+            scope = ", ".join(f"{k}={escape(str(v))}" for k, v in a["scope"].items())
+            cur = a["actual"]["currency"]
+            rc = a["root_cause"]
+            why = f" — driver {rc['dimension']} {escape(rc['value'])}" if rc else ""
+            console.print(
+                f"  • {a['severity']} {scope}: {Money.of(a['actual']['amount'], cur).format()} vs expected "
+                f"{Money.of(a['expected']['amount'], cur).format()} "
+                f"(+{Money.of(a['impact']['amount'], cur).format()}){why}"
+            )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="folder for summary.md / summary.json")] = Path("demo-output"),
+    ledger: LedgerOpt = None,
+    resources: Annotated[int, typer.Option(help="hourly cloud resources to simulate (row count driver)")] = 300,
+) -> None:
+    """Run the whole job offline: a month of costs + the real FOCUS sample, budgets, anomalies, summary."""
+    from finops_provider import demo as demo_mod
+    from finops_provider.core.allocation import Attributor
+    from finops_provider.core.anomaly import BaselineDetector
+    from finops_provider.core.budgets import BudgetEngine
+    from finops_provider.core.focus import read_focus
+    from finops_provider.core.ledger import Ledger, finops_home
+    from finops_provider.core.pricing import RateCard
+    from finops_provider.core.summary import build_summary, render_json, render_markdown
+
+    t0 = time.monotonic()
+    cfg = load_config(demo_mod.demo_config_path())
+    rc = RateCard.load(cfg.rate_cards.get("overrides"))
+    url = ledger or f"sqlite:///{finops_home() / 'demo' / 'ledger.db'}"
+    led = Ledger(url)
+    led.reset()
+    led.migrate()
+    console.print(f"[bold]finops demo[/bold] — ledger {led!r}")
+    data = demo_mod.generate(rc, infra_resources=resources)
+    console.print(
+        f"generated {len(data.records):,} cost rows for {len(demo_mod.DAGS)} DAGs, {len(demo_mod.TEAMS)} teams "
+        f"and {resources} cloud resources ({time.monotonic() - t0:.1f}s)"
+    )
+    attr = Attributor(cfg)
+    r1 = led.ingest(attr.apply_all(data.records), source="demo", batch_id="demo-month")
+    r2 = led.ingest(attr.apply_all(read_focus(demo_mod.sample_path())), source="focus-sample", batch_id="focus-sample")
+    console.print(
+        f"ingested {r1.inserted:,} generated rows and {r2.inserted:,} rows of the real FOCUS sample "
+        f"(quarantined {r1.quarantined + r2.quarantined}) ({time.monotonic() - t0:.1f}s)"
+    )
+    expected = data.expected
+    for cur, amt in (r2.totals or {}).items():
+        expected.add_raw(Money.of(amt, cur).amount, cur)
+    stored = led.totals()
+    exact = stored == expected
+    console.print(
+        f"ledger totals {stored.to_json()} — "
+        + ("[green]equal to the inputs, to the last digit[/green]" if exact else "[red]MISMATCH[/red]")
+    )
+    now = demo_mod.DEMO_NOW
+    engine = BudgetEngine(cfg, led)
+    statuses = engine.evaluate_all(now - dt.timedelta(microseconds=1))
+    fresh = engine.new_breaches(statuses)
+    a = cfg.anomaly
+    anomalies = BaselineDetector(a.threshold_pct, a.min_impact, a.baseline_periods).scan(
+        led, (now - dt.timedelta(days=1)).date()
+    )
+    summary = build_summary(led, cfg, now=now - dt.timedelta(microseconds=1), statuses=statuses, anomalies=anomalies)
+    summary["demo"] = {
+        "rows_generated": len(data.records),
+        "rows_sample": r2.inserted,
+        "ledger_exact": exact,
+        "new_breaches": len(fresh),
+    }
+    print_summary(summary)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(render_markdown(summary), encoding="utf-8")
+    (out / "summary.json").write_text(render_json(summary), encoding="utf-8")
+    console.print(
+        f"\nwrote [bold]{out / 'summary.md'}[/bold] and [bold]{out / 'summary.json'}[/bold] "
+        f"in {time.monotonic() - t0:.1f}s"
+    )
+    led.close()
+    if not exact:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ingest(
+    path: Path,
+    fmt: Annotated[str, typer.Option("--format", help="focus (CSV or Parquet by file name)")] = "focus",
+    source: Annotated[str, typer.Option(help="source name recorded with each row")] = "focus-file",
+    config: ConfigOpt = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Ingest a FOCUS file (CSV or Parquet) into the ledger; bad rows go to quarantine."""
+    from finops_provider.core.allocation import Attributor
+    from finops_provider.core.focus import read_focus
+    from finops_provider.core.records import RecordError
+
+    if fmt != "focus":
+        err.print(f"[red]--format[/red]: {fmt!r} is not supported; use focus")
+        raise typer.Exit(2)
+    if not path.is_file():
+        err.print(f"[red]{path}[/red]: no such file")
+        raise typer.Exit(2)
+    cfg = _config(config)
+    led = _ledger(ledger, cfg)
+    try:
+        res = led.ingest(Attributor(cfg).apply_all(read_focus(path)), source=source)
+    except RecordError as e:
+        err.print(f"[red]{path}[/red]: {e}")
+        raise typer.Exit(2) from None
+    console.print_json(json.dumps(res.to_json()))
+    if res.quarantined:
+        err.print(
+            f"[yellow]{res.quarantined} row(s) quarantined[/yellow]; see `finops quarantine --batch {res.batch_id}`"
+        )
+
+
+@app.command()
+def quarantine(
+    batch: Annotated[str | None, typer.Option(help="only this batch")] = None,
+    config: ConfigOpt = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """List quarantined rows with the field and the reason."""
+    led = _ledger(ledger, _config(config))
+    t = Table("batch", "row", "field", "reason")
+    for q in led.quarantined(batch):
+        t.add_row(q["batch_id"][:12], str(q["row_number"]), q["field"], q["reason"])
+    console.print(t)
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="file to write (.csv or .parquet)")],
+    fmt: Annotated[str, typer.Option("--format")] = "focus",
+    start: Annotated[str | None, typer.Option(help="YYYY-MM-DD")] = None,
+    end: Annotated[str | None, typer.Option(help="YYYY-MM-DD (exclusive)")] = None,
+    config: ConfigOpt = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Export the ledger as FOCUS 1.2 CSV or Parquet."""
+    from finops_provider.core.focus import write_focus
+
+    if fmt != "focus":
+        err.print(f"[red]--format[/red]: {fmt!r} is not supported; use focus")
+        raise typer.Exit(2)
+    led = _ledger(ledger, _config(config))
+    n = write_focus(
+        led.records(
+            start=_parse_day(start, "--start") if start else None, end=_parse_day(end, "--end") if end else None
+        ),
+        out,
+    )
+    console.print(f"wrote {n:,} rows to {out}")
+
+
+@app.command()
+def report(
+    fmt: Annotated[str, typer.Option("--format", help="md or json")] = "md",
+    period: Annotated[str, typer.Option(help="day, week or month")] = "month",
+    at: Annotated[str | None, typer.Option(help="a date inside the period (default: now)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write to this file instead of stdout")] = None,
+    config: ConfigOpt = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Executive summary from the ledger, as Markdown or JSON."""
+    from finops_provider.core.summary import build_summary, render_json, render_markdown
+
+    if fmt not in ("md", "json"):
+        err.print(f"[red]--format[/red]: {fmt!r}; use md or json")
+        raise typer.Exit(2)
+    if period not in ("day", "week", "month"):
+        err.print(f"[red]--period[/red]: {period!r}; use day, week or month")
+        raise typer.Exit(2)
+    cfg = _config(config)
+    led = _ledger(ledger, cfg)
+    now = _parse_day(at, "--at") + dt.timedelta(hours=23, minutes=59) if at else dt.datetime.now(dt.UTC)
+    summary = build_summary(led, cfg, now=now, period=period)
+    text = render_markdown(summary) if fmt == "md" else render_json(summary)
+    if out:
+        out.write_text(text, encoding="utf-8")
+        console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("validate-config")
+def validate_config(path: Path) -> None:
+    """Check a config.yaml; errors name the file, the key and the fix."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        err.print(f"[red]invalid[/red]\n{e}")
+        raise typer.Exit(2) from None
+    from finops_provider.core.pricing import RateCard
+
+    try:
+        RateCard.load(cfg.rate_cards.get("overrides"))
+    except ValueError as e:
+        err.print(f"[red]invalid[/red]\n{path}: {e}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"[green]ok[/green] {path}: {len(cfg.budgets)} budget(s), {len(cfg.teams)} team(s), "
+        f"{len(cfg.dags)} DAG mapping(s)"
+    )
+
+
+@app.command()
+def collect(
+    source: Annotated[str, typer.Argument(help="aws")],
+    start: Annotated[str, typer.Option(help="YYYY-MM-DD")],
+    end: Annotated[str, typer.Option(help="YYYY-MM-DD (exclusive)")],
+    tag_key: Annotated[str, typer.Option(help="cost-allocation tag that identifies jobs")] = "airflow_dag_id",
+    conn_id: Annotated[str | None, typer.Option(help="Airflow connection id (default: the source's default)")] = None,
+    config: ConfigOpt = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Collect billed costs for a window into the ledger (connections from AIRFLOW_CONN_* variables)."""
+    from finops_provider.collect import collect_aws
+
+    if source != "aws":
+        err.print(f"[red]{source}[/red]: unknown source; available: aws")
+        raise typer.Exit(2)
+    cfg = _config(config)
+    led = _ledger(ledger, cfg)
+    res, ing = collect_aws(
+        led,
+        cfg,
+        _parse_day(start, "--start"),
+        _parse_day(end, "--end"),
+        tag_key=tag_key,
+        aws_conn_id=conn_id or "aws_default",
+    )
+    t = Table("rows", "provisional", "API requests", "totals")
+    t.add_row(
+        str(len(res.records)),
+        str(res.provisional),
+        str(res.requests),
+        ", ".join(Money.of(a, c).format() for c, a in res.totals().items()) or "0",
+    )
+    console.print(t)
+    console.print(
+        f"ledger: {ing.inserted} new, {ing.restated} restated, {ing.unchanged} unchanged, {ing.removed} removed"
+    )
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

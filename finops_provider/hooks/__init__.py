@@ -1,0 +1,1 @@
+"""Hooks: one module per billing / warehouse API. Thin: fetch, translate to core records, nothing else."""
