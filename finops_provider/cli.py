@@ -324,30 +324,35 @@ def validate_config(path: Path) -> None:
 
 @app.command()
 def collect(
-    source: Annotated[str, typer.Argument(help="aws")],
+    source: Annotated[str, typer.Argument(help="a registered source, for example aws")],
     start: Annotated[str, typer.Option(help="YYYY-MM-DD")],
     end: Annotated[str, typer.Option(help="YYYY-MM-DD (exclusive)")],
-    tag_key: Annotated[str, typer.Option(help="cost-allocation tag that identifies jobs")] = "airflow_dag_id",
+    tag_key: Annotated[str | None, typer.Option(help="cost-allocation tag / label that identifies jobs")] = None,
     conn_id: Annotated[str | None, typer.Option(help="Airflow connection id (default: the source's default)")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="source option KEY=VALUE")] = None,
     config: ConfigOpt = None,
     ledger: LedgerOpt = None,
 ) -> None:
-    """Collect billed costs for a window into the ledger (connections from AIRFLOW_CONN_* variables)."""
-    from finops_provider.collect import collect_aws
+    """Collect costs for a window into the ledger (connections from the usual AIRFLOW_CONN_* variables)."""
+    from finops_provider.collect import get_collector
 
-    if source != "aws":
-        err.print(f"[red]{source}[/red]: unknown source; available: aws")
-        raise typer.Exit(2)
+    try:
+        collector = get_collector(source)
+    except ValueError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    opts: dict[str, Any] = {}
+    for o in option or []:
+        k, sep, v = o.partition("=")
+        if not sep:
+            err.print(f"[red]--option[/red] {o!r}: write KEY=VALUE")
+            raise typer.Exit(2)
+        opts[k.replace("-", "_")] = v
+    if tag_key:
+        opts["tag_key"] = tag_key
     cfg = _config(config)
     led = _ledger(ledger, cfg)
-    res, ing = collect_aws(
-        led,
-        cfg,
-        _parse_day(start, "--start"),
-        _parse_day(end, "--end"),
-        tag_key=tag_key,
-        aws_conn_id=conn_id or "aws_default",
-    )
+    res, ing = collector(led, cfg, _parse_day(start, "--start"), _parse_day(end, "--end"), conn_id=conn_id, **opts)
     t = Table("rows", "provisional", "API requests", "totals")
     t.add_row(
         str(len(res.records)),

@@ -1,14 +1,106 @@
-"""Collection runs shared by the operators, the CLI and the orchestrator: fetch -> attribute -> one ledger write."""
+"""Collection runs shared by the operators, the CLI and the orchestrator: fetch -> attribute -> one ledger write.
+
+Every source registers a *collector* in :data:`COLLECTORS` (``name -> "module:function"``, imported lazily
+so nothing here loads a cloud SDK). A collector has the signature::
+
+    def collect_x(ledger, config, start, end, *, conn_id=None, **options) -> tuple[CollectResult, IngestResult]
+
+and ends with :func:`ingest_collected`, the one way collected records reach the ledger.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from finops_provider.core.allocation import Attributor
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.ledger import IngestResult, Ledger
+from finops_provider.core.money import MoneyBag
+from finops_provider.core.records import CostRecord
+
+#: source name -> "module:function" (see the module docstring for the signature)
+COLLECTORS: dict[str, str] = {
+    "aws": "finops_provider.collect:collect_aws",
+    "gcp": "finops_provider.hooks.gcp_billing:collect_gcp",
+    "azure": "finops_provider.hooks.azure_cost_management:collect_azure",
+}
+
+
+@dataclass
+class CollectResult:
+    """Records from one collection plus what it cost to get them.
+
+    :param scope: the collection this result is complete for (rows of this scope inside ``window`` that are
+        not in ``records`` are removed from the ledger: the source restated them away).
+    :param requests: API requests (pages) made; :param bytes_scanned: bytes a warehouse query scanned.
+    """
+
+    records: list[CostRecord] = field(default_factory=list)
+    requests: int = 0
+    provisional: int = 0
+    window: tuple[dt.datetime, dt.datetime] | None = None
+    scope: str = ""
+    source: str = ""
+    bytes_scanned: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def totals(self) -> dict[str, str]:
+        bag = MoneyBag()
+        for r in self.records:
+            bag.add_raw(r.billed_cost, r.billing_currency)
+        return bag.to_json()
+
+    def to_json(self) -> dict[str, Any]:
+        """XCom-safe summary (money as exact strings; no rows)."""
+        return {
+            "source": self.source,
+            "scope": self.scope,
+            "rows": len(self.records),
+            "provisional_rows": self.provisional,
+            "requests": self.requests,
+            "bytes_scanned": self.bytes_scanned,
+            "totals": self.totals(),
+            "window": [self.window[0].isoformat(), self.window[1].isoformat()] if self.window else None,
+        }
+
+
+def ingest_collected(
+    ledger: Ledger,
+    config: FinOpsConfig,
+    res: CollectResult,
+    *,
+    overrides: dict[str, Any] | None = None,
+    override_if: Callable[[CostRecord], bool] | None = None,
+    replace_window: bool = True,
+) -> IngestResult:
+    """Attribute the records (overrides first, then tags and mappings) and write them in one ledger batch."""
+    attr = Attributor(config)
+    for r in res.records:
+        if overrides and (override_if is None or override_if(r)):
+            for k, v in overrides.items():
+                if v is not None and not getattr(r, k):
+                    setattr(r, k, v)
+        attr.apply(r)
+    return ledger.ingest(
+        res.records,
+        source=res.source or "collector",
+        scope=res.scope or None,
+        window=res.window,
+        replace_window=replace_window and res.window is not None,
+    )
+
+
+def get_collector(name: str) -> Callable[..., tuple[CollectResult, IngestResult]]:
+    try:
+        target = COLLECTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown source {name!r}; available: {', '.join(sorted(COLLECTORS))}") from None
+    mod, _, fn = target.partition(":")
+    return getattr(importlib.import_module(mod), fn)  # type: ignore[no-any-return]
 
 
 def collect_aws(
@@ -17,30 +109,29 @@ def collect_aws(
     start: dt.datetime,
     end: dt.datetime,
     *,
-    tag_key: str,
+    conn_id: str | None = None,
+    tag_key: str = "airflow_dag_id",
     tag_values: Sequence[str] | None = None,
-    aws_conn_id: str = "aws_default",
     dimension: str | None = "SERVICE",
     overrides: dict[str, Any] | None = None,
     hook: Any = None,
-) -> tuple[Any, IngestResult]:
+    aws_conn_id: str | None = None,
+) -> tuple[CollectResult, IngestResult]:
     """Collect Cost Explorer costs for ``[start, end)`` and replace that window in the ledger.
 
     :param overrides: attribution set on the records of the requested ``tag_values`` (all records when
         no tag values are given), for example ``{"x_job_id": ...}``; explicit values are kept.
-    :return: the hook's CollectResult and the ledger's IngestResult.
     """
     from finops_provider.hooks.aws_cost_explorer import AwsCostExplorerHook
 
-    hook = hook or AwsCostExplorerHook(aws_conn_id=aws_conn_id)
+    hook = hook or AwsCostExplorerHook(aws_conn_id=conn_id or aws_conn_id or "aws_default")
     res = hook.collect(start, end, tag_key=tag_key, tag_values=tag_values, dimension=dimension)
-    attr = Attributor(config)
     wanted = set(tag_values) if tag_values else None
-    for r in res.records:
-        if wanted is None or r.tags.get(tag_key) in wanted:
-            for k, v in (overrides or {}).items():
-                if v is not None and not getattr(r, k):
-                    setattr(r, k, v)
-        attr.apply(r)
-    ing = ledger.ingest(res.records, source="aws-ce", scope=res.scope, window=res.window, replace_window=True)
+    ing = ingest_collected(
+        ledger,
+        config,
+        res,
+        overrides=overrides,
+        override_if=(lambda r: r.tags.get(tag_key) in wanted) if wanted is not None else None,
+    )
     return res, ing

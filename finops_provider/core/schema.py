@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,8 +17,17 @@ from sqlalchemy.types import TypeDecorator
 
 from finops_provider.core.records import COLUMNS, Kind
 
-#: Alembic head revision; bump together with a new migration file.
-SCHEMA_REVISION = "0001"
+
+def _head_revision() -> str:
+    """The newest migration: version files are named ``NNNN_<what>.py`` with revision id ``NNNN``."""
+    names = sorted(
+        p.name[:4] for p in (Path(__file__).parent / "migrations" / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")
+    )
+    return names[-1]
+
+
+#: Alembic head revision (the highest-numbered file in migrations/versions; each revises the previous one).
+SCHEMA_REVISION = _head_revision()
 
 
 class ExactDecimal(TypeDecorator[Decimal]):

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-from finops_provider.core.money import MoneyBag
+from finops_provider.collect import CollectResult
 from finops_provider.core.records import CostRecord, RecordError, build_record
 from finops_provider.core.retry import RetryPolicy, call_with_retry
 
@@ -47,23 +46,6 @@ def _is_retryable(exc: BaseException) -> bool:
         return code in _RETRYABLE_CODES or (isinstance(status, int) and status >= 500)
     name = type(exc).__name__
     return name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError")
-
-
-@dataclass
-class CollectResult:
-    """Records from one collection plus what it cost to get them."""
-
-    records: list[CostRecord] = field(default_factory=list)
-    requests: int = 0
-    provisional: int = 0
-    window: tuple[dt.datetime, dt.datetime] | None = None
-    scope: str = ""
-
-    def totals(self) -> dict[str, str]:
-        bag = MoneyBag()
-        for r in self.records:
-            bag.add_raw(r.billed_cost, r.billing_currency)
-        return bag.to_json()
 
 
 def _day(d: dt.date | dt.datetime | str) -> dt.date:
@@ -177,7 +159,7 @@ class AwsCostExplorerHook(AwsBaseHook):
             group_by.append({"Type": "DIMENSION", "Key": dimension})
         flt = {"Tags": {"Key": tag_key, "Values": list(tag_values), "MatchOptions": ["EQUALS"]}} if tag_values else None
         before = self.requests_made
-        res = CollectResult()
+        res = CollectResult(source="aws-ce")
         account = None
         for period in self.iter_results(
             start,
