@@ -18,6 +18,7 @@ from typing import Any
 
 from finops_provider.core.allocation import Attributor
 from finops_provider.core.config import FinOpsConfig
+from finops_provider.core.focus import BadRow
 from finops_provider.core.ledger import IngestResult, Ledger
 from finops_provider.core.money import MoneyBag
 from finops_provider.core.records import CostRecord
@@ -27,6 +28,7 @@ COLLECTORS: dict[str, str] = {
     "aws": "finops_provider.collect:collect_aws",
     "gcp": "finops_provider.hooks.gcp_billing:collect_gcp",
     "azure": "finops_provider.hooks.azure_cost_management:collect_azure",
+    "aws-exports": "finops_provider.hooks.aws_data_exports:collect_aws_exports",
 }
 
 
@@ -47,6 +49,7 @@ class CollectResult:
     source: str = ""
     bytes_scanned: int | None = None
     notes: list[str] = field(default_factory=list)
+    bad_rows: list[BadRow] = field(default_factory=list)  # quarantined in the same ledger batch
 
     def totals(self) -> dict[str, str]:
         bag = MoneyBag()
@@ -61,6 +64,7 @@ class CollectResult:
             "scope": self.scope,
             "rows": len(self.records),
             "provisional_rows": self.provisional,
+            "bad_rows": len(self.bad_rows),
             "requests": self.requests,
             "bytes_scanned": self.bytes_scanned,
             "totals": self.totals(),
@@ -86,7 +90,7 @@ def ingest_collected(
                     setattr(r, k, v)
         attr.apply(r)
     return ledger.ingest(
-        res.records,
+        [*res.records, *res.bad_rows],
         source=res.source or "collector",
         scope=res.scope or None,
         window=res.window,

@@ -1,0 +1,1 @@
+"""Operators. Importing them loads no cloud SDK: hooks are imported inside ``execute``."""
