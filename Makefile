@@ -30,8 +30,8 @@ test-long: venv  ## long fuzz / soak variants
 	$(PY) -m pytest -m long $(PYTEST_ARGS)
 
 lint: venv  ## ruff + mypy
-	$(VENV)/bin/ruff check finops_provider tests example_dags bench
-	$(VENV)/bin/ruff format --check finops_provider
+	$(VENV)/bin/ruff check finops_provider tests $(wildcard example_dags bench)
+	$(VENV)/bin/ruff format --check finops_provider $(wildcard example_dags)
 	$(VENV)/bin/mypy finops_provider
 
 bench: venv  ## benchmarks: ratios against baselines run in the same process
