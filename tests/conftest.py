@@ -74,19 +74,51 @@ def postgres_admin_url() -> Iterator[sa.URL]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
-@pytest.fixture
-def postgres_url(postgres_admin_url: sa.URL) -> Iterator[str]:
-    """A URL to a brand-new, empty PostgreSQL database, dropped after the test."""
-    name = f"finops_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    try:
-        with admin.connect() as conn:
+class PostgresDatabases:
+    """Creates uniquely named, empty databases on the session's server and drops them again."""
+
+    def __init__(self, admin_url: sa.URL) -> None:
+        self._admin_url = admin_url
+        self._admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        self._live: set[str] = set()
+
+    def create(self) -> str:
+        """A URL (password included) to a new, empty database."""
+        name = f"finops_test_{uuid.uuid4().hex[:12]}"
+        with self._admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield postgres_admin_url.set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as conn:
+        self._live.add(name)
+        return self._admin_url.set(database=name).render_as_string(hide_password=False)
+
+    def drop(self, url: str) -> None:
+        name = sa.make_url(url).database
+        assert name in self._live, f"not a database created here: {name}"
+        with self._admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self._live.discard(name)
+
+    def close(self) -> None:
+        for name in list(self._live):
+            self.drop(self._admin_url.set(database=name).render_as_string(hide_password=False))
+        self._admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_admin_url: sa.URL) -> Iterator[PostgresDatabases]:
+    """Factory for fresh PostgreSQL databases (for module-scoped fixtures; tests use ``postgres_url``)."""
+    dbs = PostgresDatabases(postgres_admin_url)
+    try:
+        yield dbs
     finally:
-        admin.dispose()
+        dbs.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_databases: PostgresDatabases) -> Iterator[str]:
+    """A URL to a brand-new, empty PostgreSQL database, dropped after the test."""
+    url = postgres_databases.create()
+    yield url
+    postgres_databases.drop(url)
 
 
 @pytest.fixture
@@ -101,3 +133,15 @@ def ledger_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(scope="module", params=[pytest.param("sqlite", id="sqlite"), pytest.param("postgres", id="postgres")])
+def module_ledger_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Like ``ledger_url`` but shared by one module's tests: for read-only tests over an expensive fixture."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.db'}"
+        return
+    dbs: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    url = dbs.create()
+    yield url
+    dbs.drop(url)
