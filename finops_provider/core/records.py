@@ -223,12 +223,13 @@ class CostRecord:
 
     def fingerprints(self) -> tuple[str, str]:
         """(identity, content hash) computed in one pass (the ledger needs both for every row)."""
-        dims = "\x1f".join([_enc(getattr(self, a)) for a in _IDENTITY_ATTRS])
-        metrics = "\x1f".join([_enc(getattr(self, a)) for a in _METRIC_ATTRS])
+        # every field is length-prefixed, so no value (whatever characters it holds) can shift into the next
+        dims = "".join([_lp(_enc(getattr(self, a))) for a in _IDENTITY_ATTRS])
+        metrics = "".join([_lp(_enc(getattr(self, a))) for a in _METRIC_ATTRS])
         if self.x_line_item_id:
-            ident_text = f"{self.x_source}\x1eid\x1e{self.x_line_item_id}\x1e{_enc(self.charge_period_start)}"
+            ident_text = f"{_lp(self.x_source)}id{_lp(self.x_line_item_id)}{_lp(_enc(self.charge_period_start))}"
         else:
-            ident_text = f"{self.x_source}\x1e{dims}"
+            ident_text = f"{_lp(self.x_source)}{dims}"
         ident = hashlib.blake2b(ident_text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
         content = hashlib.blake2b(f"{dims}\x1e{metrics}".encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
         return ident, content
@@ -243,6 +244,10 @@ class CostRecord:
 
 _IDENTITY_ATTRS = tuple(c.attr for c in COLUMNS if not c.metric and not c.derived)
 _METRIC_ATTRS = tuple(c.attr for c in COLUMNS if c.metric or c.derived)
+
+
+def _lp(s: str) -> str:
+    return f"{len(s)}:{s}"
 
 
 def _enc(v: Any) -> str:

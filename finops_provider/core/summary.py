@@ -18,6 +18,7 @@ from finops_provider.core.money import Money
 from finops_provider.core.records import UNALLOCATED
 
 SCHEMA_VERSION = "1"
+OTHER = "(other)"
 BREAKDOWNS = {
     "platform": "Platform",
     "team": "Team",
@@ -30,18 +31,21 @@ BREAKDOWNS = {
 def _top(
     ledger: Any, dim: str, start: dt.datetime, end: dt.datetime, totals: dict[str, Decimal], n: int
 ) -> list[dict[str, Any]]:
+    """The top ``n`` groups per currency plus one ``(other)`` row with the rest: each currency's rows sum to
+    its total exactly."""
     agg = aggregate_ledger(ledger, [dim], start=start, end=end)
-    rows = []
-    for g in agg.top(n):
-        rows.append(
-            {
-                "key": g.keys[0],
-                "currency": g.currency,
-                "amount": str(g.amount),
-                "rows": g.rows,
-                "share_pct": str(pct(g.amount, totals.get(g.currency, Decimal(0)))),
-            }
-        )
+    rows: list[dict[str, Any]] = []
+
+    def row(key: str, cur: str, amount: Decimal, count: int) -> dict[str, Any]:
+        share = pct(amount, totals.get(cur, Decimal(0)))
+        return {"key": key, "currency": cur, "amount": str(amount), "rows": count, "share_pct": str(share)}
+
+    for cur in sorted({g.currency for g in agg.groups}, key=lambda c: (-totals.get(c, Decimal(0)), c)):
+        groups = agg.top(len(agg.groups), cur)
+        rows += [row(g.keys[0], cur, g.amount, g.rows) for g in groups[:n]]
+        rest = groups[n:]
+        if rest:
+            rows.append(row(OTHER, cur, sum((g.amount for g in rest), Decimal(0)), sum(g.rows for g in rest)))
     return rows
 
 
