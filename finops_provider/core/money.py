@@ -158,7 +158,7 @@ class Money:
 
     def to_json(self) -> dict[str, str]:
         """Exact, string-typed form for XCom, triggers and JSON reports."""
-        return {"amount": str(self.amount), "currency": self.currency}
+        return {"amount": decimal_text(self.amount), "currency": self.currency}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Money:
@@ -166,6 +166,20 @@ class Money:
 
     def __str__(self) -> str:
         return f"{self.amount} {self.currency}"
+
+
+def decimal_text(d: Decimal) -> str:
+    """Canonical exact text of a Decimal: plain notation, no trailing zeros ("40", "0.0000001", "-1.5").
+
+    The same value reads the same from every backend (PostgreSQL pads NUMERIC to its scale, DuckDB sums
+    carry 16 decimals, SQLite keeps what was written).
+    """
+    if not d:
+        return "0"
+    s = format(d, "f")
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return s
 
 
 def exact_sum(amounts: Iterable[Decimal]) -> Decimal:
@@ -209,7 +223,7 @@ class MoneyBag:
         return [Money(self._totals[c], c) for c in self.currencies]
 
     def to_json(self) -> dict[str, str]:
-        return {c: str(self._totals[c]) for c in self.currencies}
+        return {c: decimal_text(self._totals[c]) for c in self.currencies}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MoneyBag) and self._totals == other._totals

@@ -197,10 +197,10 @@ def test_money_bag_keeps_currencies_apart() -> None:
     assert bag.get("USD") == Money.of("2.0", "USD")
     assert bag.get("EUR") == Money.of("2", "EUR")
     assert bag.get("GBP") == Money.zero("GBP")
-    assert bag.to_json() == {"EUR": "2", "USD": "2.0"}
+    assert bag.to_json() == {"EUR": "2", "USD": "2"}
     other = MoneyBag([Money.of("1", "GBP"), Money.of("1", "USD")])
     bag.merge(other)
-    assert bag.to_json() == {"EUR": "2", "GBP": "1", "USD": "3.0"}
+    assert bag.to_json() == {"EUR": "2", "GBP": "1", "USD": "3"}
 
 
 # -------------------------------------------------------------- properties
