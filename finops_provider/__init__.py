@@ -29,7 +29,18 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {
                 "integration-name": "FinOps",
-                "python-modules": ["finops_provider.hooks.aws_cost_explorer"],
+                "python-modules": [
+                    "finops_provider.hooks.aws_cost_explorer",
+                    "finops_provider.hooks.aws_data_exports",
+                    "finops_provider.hooks.gcp_billing",
+                    "finops_provider.hooks.azure_cost_management",
+                    "finops_provider.hooks.databricks_costs",
+                    "finops_provider.hooks.snowflake_costs",
+                    "finops_provider.hooks.bigquery_costs",
+                    "finops_provider.hooks.redshift_costs",
+                    "finops_provider.hooks.kubernetes_costs",
+                    "finops_provider.hooks.ledger",
+                ],
             }
         ],
         "connection-types": [
@@ -48,6 +59,14 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "string",
                         "example": "/opt/airflow/finops/config.yaml",
                         "default": "",
+                    },
+                    "cluster_policy": {
+                        "description": "Stamp dag/task/run/team/cost-center onto what operators send to data "
+                        "platforms (finops_provider.policy.task_policy must be imported in airflow_local_settings).",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "True",
+                        "default": "False",
                     },
                     "ledger_conn_id": {
                         "description": "Airflow connection holding the ledger database URL.",

@@ -29,6 +29,11 @@ COLLECTORS: dict[str, str] = {
     "gcp": "finops_provider.hooks.gcp_billing:collect_gcp",
     "azure": "finops_provider.hooks.azure_cost_management:collect_azure",
     "aws-exports": "finops_provider.hooks.aws_data_exports:collect_aws_exports",
+    "databricks": "finops_provider.hooks.databricks_costs:collect_databricks",
+    "snowflake": "finops_provider.hooks.snowflake_costs:collect_snowflake",
+    "bigquery": "finops_provider.hooks.bigquery_costs:collect_bigquery",
+    "redshift": "finops_provider.hooks.redshift_costs:collect_redshift",
+    "k8s": "finops_provider.hooks.kubernetes_costs:collect_k8s",
 }
 
 

@@ -28,7 +28,16 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.pop("FINOPS_LEDGER_URL", None)
 os.environ.pop("FINOPS_CONFIG", None)
 
-pytest_plugins = ["tests.fixtures.aws"]
+pytest_plugins = [
+    "tests.fixtures.aws",
+    "tests.fixtures.gcp",
+    "tests.fixtures.azure",
+    "tests.fixtures.platforms",
+    "tests.fixtures.snowflake",
+    "tests.fixtures.kubernetes",
+    "tests.fixtures.databricks",
+    "tests.fixtures.bigquery",
+]
 
 DATA_DIR = Path(__file__).parent / "data"
 FOCUS_SAMPLE = DATA_DIR / "focus-sample" / "focus1.0_multicloud_sample_1000.csv"

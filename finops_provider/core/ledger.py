@@ -14,6 +14,7 @@ One write path (:meth:`Ledger.ingest`) for every source. Rows are keyed by a sta
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -217,6 +218,7 @@ class Ledger:
         window: tuple[dt.datetime, dt.datetime] | None = None,
         replace_window: bool = False,
         batch_id: str | None = None,
+        connection: Connection | None = None,
     ) -> IngestResult:
         """Upsert records and quarantine bad rows, atomically, as one batch.
 
@@ -227,6 +229,8 @@ class Ledger:
         :param window: ``[start, end)`` of charge periods this batch covers.
         :param replace_window: remove rows of ``scope`` in ``window`` that this batch no longer has.
         :param batch_id: idempotency / audit handle; generated when not given.
+        :param connection: run inside this open transaction (the caller commits or rolls back), so the
+            caller's own bookkeeping (for example stream checkpoints) is atomic with these rows.
         :return: counts and per-currency totals of the valid rows received.
         """
         if replace_window and window is None:
@@ -241,7 +245,7 @@ class Ledger:
         insert = self._insert()
         sqlite = self.dialect == "sqlite"
         now_w = _sqlite_time(now) if sqlite else now
-        with self.engine.begin() as conn:
+        with contextlib.nullcontext(connection) if connection is not None else self.engine.begin() as conn:
             conn.execute(
                 ingest_batch.insert().values(
                     batch_id=batch_id,

@@ -167,3 +167,129 @@ breach = sa.Table(
     sa.Column("actions", sa.Text(), nullable=False),  # JSON list
     sa.Column("first_seen", UTCDateTime(), nullable=False),
 )
+
+#: Durable outbox (issue 5): every enforcement action (alert, ticket, incident, pause) is a row here, enqueued
+#: once per breach (``dedupe_key`` unique) and delivered with leases and backoff until done.
+outbox = sa.Table(
+    "finops_outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("dedupe_key", sa.String(400), nullable=False, unique=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # slack | jira | servicenow | pause_after_run | pause_now
+    sa.Column("payload", sa.Text(), nullable=False),  # JSON; money as strings
+    sa.Column("status", sa.String(16), nullable=False),  # pending | sending | done | dead
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+    sa.Column("lease_until", UTCDateTime()),
+    sa.Column("last_error", sa.Text()),
+    sa.Column("result", sa.Text()),  # e.g. the Jira issue key, the ServiceNow sys_id
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("delivered_at", UTCDateTime()),
+    sa.Index("ix_finops_outbox_due", "status", "next_attempt_at"),
+)
+
+#: What enforcement did and who caused it: pauses, unpauses, approvals, gate decisions (issue 5).
+enforcement_event = sa.Table(
+    "finops_enforcement_event",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),  # pause | unpause | approved | rejected | gate_* | recovery
+    sa.Column("dag_id", sa.String(250)),
+    sa.Column("run_id", sa.String(250)),
+    sa.Column("task_id", sa.String(250)),
+    sa.Column("actor", sa.String(250), nullable=False),  # a user name, or "finops:<budget>"
+    sa.Column("reason", sa.Text()),
+    sa.Column("dedupe_key", sa.String(400)),
+    sa.Column("detail", sa.Text()),  # JSON: budget state (money as strings)
+    sa.Index("ix_finops_enforcement_event_dag", "dag_id", "at"),
+)
+
+#: Streaming (issue 6): every event id the stream engine has applied (the idempotency key of the stream).
+stream_event = sa.Table(
+    "finops_stream_event",
+    metadata,
+    sa.Column("event_id", sa.String(200), primary_key=True),
+    sa.Column("consumer", sa.String(200), nullable=False),
+    sa.Column("producer", sa.String(200)),
+    sa.Column("position", sa.String(300)),  # topic:partition:offset or file:byte-offset
+    sa.Column("event_time", UTCDateTime(), nullable=False),
+    sa.Column("late", sa.Boolean(), nullable=False),  # beyond allowed lateness: ledger only, batch picks it up
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+)
+
+#: Streaming: malformed, oversized or unpriceable messages with the reason (one row per source position).
+stream_dead_letter = sa.Table(
+    "finops_stream_dead_letter",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("position_key", sa.String(400), nullable=False, unique=True),
+    sa.Column("consumer", sa.String(200), nullable=False),
+    sa.Column("field", sa.String(100), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("size", sa.Integer(), nullable=False),
+    sa.Column("raw", sa.Text()),  # first 4 KiB, for diagnosis
+    sa.Column("at", UTCDateTime(), nullable=False),
+)
+
+#: Streaming: engine state (running totals, detector state, clock), written in the same transaction as the rows.
+stream_state = sa.Table(
+    "finops_stream_state",
+    metadata,
+    sa.Column("consumer", sa.String(200), primary_key=True),
+    sa.Column("state_key", sa.String(600), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # budget | anomaly | clock
+    sa.Column("period_end", UTCDateTime()),  # states of periods ended before the watermark are not loaded
+    sa.Column("payload", sa.Text(), nullable=False),  # JSON; money as strings
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: Streaming: next position to read per source partition, and the consumer lag seen there.
+stream_checkpoint = sa.Table(
+    "finops_stream_checkpoint",
+    metadata,
+    sa.Column("consumer", sa.String(200), primary_key=True),
+    sa.Column("partition", sa.String(300), primary_key=True),  # topic:partition or the JSONL file
+    sa.Column("position", sa.BigInteger(), nullable=False),
+    sa.Column("lag", sa.BigInteger()),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: Streaming live feed: breaches and anomalies as they are detected (the dashboard and the trigger read it).
+stream_feed = sa.Table(
+    "finops_stream_feed",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # breach | anomaly
+    sa.Column("dedupe_key", sa.String(400), nullable=False, unique=True),
+    sa.Column("consumer", sa.String(200), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("event_time", UTCDateTime()),
+    sa.Column("payload", sa.Text(), nullable=False),  # Breach.to_json() / Anomaly.to_json()
+    sa.Index("ix_finops_stream_feed_kind", "kind", "id"),
+)
+
+#: Reconciliation (issue 4): run-time estimates superseded by billed truth, with the estimate error. The
+#: superseded estimate row leaves ``finops_cost_line`` (so totals and budgets count truth only) and is kept here.
+estimate_reconciliation = sa.Table(
+    "finops_estimate_reconciliation",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("natural_key", sa.String(80), nullable=False, unique=True),  # of the superseded estimate row
+    sa.Column("line_item_id", sa.Text()),
+    sa.Column("platform", sa.String(100), nullable=False),
+    sa.Column("dag_id", sa.String(250), nullable=False),
+    sa.Column("task_id", sa.String(250), nullable=False),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("charge_period_start", UTCDateTime(), nullable=False),
+    sa.Column("billing_currency", sa.String(3), nullable=False),
+    sa.Column("estimate", ExactDecimal(), nullable=False),  # this row's estimate
+    sa.Column("task_estimate", ExactDecimal(), nullable=False),  # all estimate rows of the task run
+    sa.Column("truth", ExactDecimal()),  # billed truth of the task run, same currency (None: other currency)
+    sa.Column("error_pct", ExactDecimal()),  # (task_estimate - truth) / truth * 100
+    sa.Column("truth_rows", sa.Integer(), nullable=False),
+    sa.Column("record", sa.Text(), nullable=False),  # the estimate row as FOCUS JSON (money as strings)
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("reconciled_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_finops_estimate_reconciliation_task", "dag_id", "run_id", "task_id"),
+)

@@ -71,7 +71,9 @@ def _failing_rules(validator: Path, data: Path, workdir: Path) -> set[str]:
     passed = re.findall(r"^✅ (\S+): PASS", text, re.M)
     assert len(passed) > 100, f"validator did not run its rules (exit {out.returncode}):\n{text[-3000:]}"
     # composite rules ("AND failed - failed child rules: ...") fail whenever a child fails: keep the leaves
-    return {m.group(1) for m in re.finditer(r"^❌ (\S+): FAIL(.*)$", text, re.M) if "failed child rules" not in m.group(2)}
+    return {
+        m.group(1) for m in re.finditer(r"^❌ (\S+): FAIL(.*)$", text, re.M) if "failed child rules" not in m.group(2)
+    }
 
 
 def test_export_adds_no_focus_violation(validator: Path, tmp_path: Path, focus_sample_path: Path) -> None:

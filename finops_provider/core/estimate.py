@@ -1,0 +1,147 @@
+"""Run-time cost estimates of Airflow task tries, as ledger records (``x_cost_kind="estimate"``).
+
+An estimate is either a fixed amount declared for the task or ``duration x quantity_per_hour x price`` with
+the price from the rate card (for example Kubernetes ``cpu_core_hour`` x 4 declared cores, Databricks
+``JOBS_COMPUTE`` x 8 DBU/h). Its ``x_line_item_id`` is ``dag/run/task/map_index/try``, so recording the same
+try again (a callback run twice, a listener and a callback) replaces, never adds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from typing import Any
+
+from finops_provider.core.money import MONEY_CONTEXT, check_currency, to_decimal
+from finops_provider.core.pricing import RateCard
+from finops_provider.core.records import CostRecord, build_record
+
+SOURCE = "airflow-estimate"
+_SECONDS_PER_HOUR = Decimal(3600)
+#: estimates are rounded (HALF_EVEN) to 1e-10: the ledger stores at most 16 decimals exactly
+QUANTUM = Decimal("1e-10")
+
+
+@dataclass(frozen=True)
+class TaskCostSpec:
+    """How one task's cost is estimated; declared per task (``params={"finops": {...}}``) or per DAG.
+
+    :param cost: a fixed estimate per try (Decimal string); wins over the rate when given.
+    :param platform: rate-card platform for the duration x rate fallback.
+    :param sku: rate-card SKU (``cpu_core_hour``, ``JOBS_COMPUTE``, ...).
+    :param quantity_per_hour: units consumed per hour of run time (cores, DBU/h, slots).
+    """
+
+    cost: Decimal | None = None
+    currency: str = "USD"
+    platform: str = "kubernetes"
+    sku: str = "cpu_core_hour"
+    quantity_per_hour: Decimal = Decimal(1)
+    region: str | None = None
+    team: str | None = None
+    cost_center: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> TaskCostSpec:
+        d = dict(data or {})
+        unknown = set(d) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(
+                f"finops cost spec: unknown key(s) {', '.join(sorted(unknown))}; "
+                "use cost, currency, platform, sku, quantity_per_hour, region, team, cost_center"
+            )
+        kw: dict[str, Any] = {k: v for k, v in d.items() if v is not None}
+        if "cost" in kw:
+            kw["cost"] = to_decimal(kw["cost"], field_name="finops.cost")
+        if "quantity_per_hour" in kw:
+            kw["quantity_per_hour"] = to_decimal(kw["quantity_per_hour"], field_name="finops.quantity_per_hour")
+        if "currency" in kw:
+            kw["currency"] = check_currency(str(kw["currency"]), field_name="finops.currency")
+        return cls(**kw)
+
+
+@dataclass
+class TaskTry:
+    """What is known about one finished task try when its callback runs."""
+
+    dag_id: str
+    task_id: str
+    run_id: str
+    try_number: int
+    start: dt.datetime
+    end: dt.datetime
+    map_index: int = -1
+    state: str = "success"
+    team: str | None = None
+    cost_center: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    resource_id: str | None = None
+    resource_type: str | None = None
+
+    @property
+    def line_item_id(self) -> str:
+        return f"{self.dag_id}/{self.run_id}/{self.task_id}/{self.map_index}/{self.try_number}"
+
+
+def estimate(t: TaskTry, spec: TaskCostSpec, rate_card: RateCard) -> CostRecord:
+    """The estimate record of one try (duration x rate, or the declared fixed cost)."""
+    seconds = Decimal(str(max(0.0, (t.end - t.start).total_seconds())))
+    if spec.cost is not None:
+        amount, currency, unit, qty, desc = spec.cost, spec.currency, "Run", Decimal(1), "declared estimate"
+        platform, price_txt = spec.platform, None
+    else:
+        price = rate_card.price(spec.platform, spec.sku, region=spec.region, on=t.start.date())
+        with localcontext(MONEY_CONTEXT):
+            qty = (spec.quantity_per_hour * seconds / _SECONDS_PER_HOUR).quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+            amount = price.cost(qty).amount.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+        currency = price.amount.currency
+        unit, platform, price_txt = price.unit, spec.platform, price.describe()
+        desc = f"{seconds}s x {spec.quantity_per_hour} {price.unit}/h"
+    tags = dict(t.tags)
+    tags.update({"airflow_dag_id": t.dag_id, "airflow_task_id": t.task_id, "airflow_run_id": t.run_id})
+    tags["airflow_state"] = t.state
+    if price_txt:
+        tags["finops_price"] = price_txt
+    return build_record(
+        billed_cost=amount,
+        effective_cost=amount,
+        list_cost=amount,
+        billing_currency=currency,
+        charge_period_start=t.start,
+        charge_period_end=max(t.end, t.start),
+        charge_category="Usage",
+        charge_description=f"Airflow task {t.task_id} try {t.try_number}: {desc}",
+        pricing_quantity=qty,
+        pricing_unit=unit,
+        provider_name=platform,
+        service_name=platform,
+        sku_id=None if spec.cost is not None else spec.sku,
+        resource_id=t.resource_id,
+        resource_type=t.resource_type,
+        tags=tags,
+        x_line_item_id=t.line_item_id,
+        x_source=SOURCE,
+        x_platform=platform,
+        x_cost_kind="estimate",
+        x_dag_id=t.dag_id,
+        x_task_id=t.task_id,
+        x_run_id=t.run_id,
+        x_job_id=t.dag_id,
+        x_team=spec.team or t.team,
+        x_cost_center=spec.cost_center or t.cost_center,
+    )
+
+
+TIB = Decimal(2**40)
+
+
+def bigquery_on_demand_estimate(total_bytes_processed: int | str, rate_card: RateCard | None = None) -> str:
+    """Pre-flight cost of a BigQuery on-demand query from its dry run's ``totalBytesProcessed`` (a Decimal string
+    in the price's currency; the monthly free TiB is ignored, so this is an upper bound)."""
+    card = rate_card or RateCard.load()
+    price = card.price("bigquery", "ON_DEMAND_TIB")
+    with localcontext(MONEY_CONTEXT):
+        tib = Decimal(int(total_bytes_processed)) / TIB
+    return format(price.cost(tib).amount, "f")
