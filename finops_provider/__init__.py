@@ -43,6 +43,9 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
+        "triggers": [
+            {"integration-name": "FinOps", "python-modules": ["finops_provider.triggers.stream"]},
+        ],
         "connection-types": [
             {
                 "connection-type": "finops_ledger",

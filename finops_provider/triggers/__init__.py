@@ -1,0 +1,1 @@
+"""Deferrable triggers (run in the triggerer): budget headroom, billing-data freshness."""

@@ -1,0 +1,289 @@
+"""The stream processor over the embedded JSONL source: exactly-once ledger effects, restarts, shutdown."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from finops_provider.core.budgets import BudgetEngine
+from finops_provider.core.ledger import Ledger
+from finops_provider.core.money import MoneyBag
+from finops_provider.core.schema import breach as breach_table
+from finops_provider.core.schema import stream_event
+from finops_provider.streaming.engine import StreamEngine
+from finops_provider.streaming.events import EventDecoder
+from finops_provider.streaming.feed import consumer_status, current_totals, dead_letters, read_feed
+from finops_provider.streaming.runner import CallbackSink, StreamProcessor
+from finops_provider.streaming.sources import JsonlPublisher, JsonlSource, parse_source
+from tests.unit.streaming.conftest import CONFIG, T0
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.breaches: list[str] = []
+        self.anomalies: list[str] = []
+
+    def sink(self) -> CallbackSink:
+        return CallbackSink(lambda b: self.breaches.append(b.dedupe_key), lambda a: self.anomalies.append(a.dedupe_key))
+
+
+def _processor(ledger: Ledger, config: Any, path: Path, rec: Recorder, **kw: Any) -> StreamProcessor:
+    return StreamProcessor(
+        ledger,
+        JsonlSource(path),
+        StreamEngine.from_config(config, allowed_lateness=dt.timedelta(hours=1)),
+        decoder=EventDecoder(config, clock=lambda: T0 + dt.timedelta(days=365)),
+        consumer="test",
+        sinks=[rec.sink()],
+        max_batch=kw.pop("max_batch", 25),
+        poll_timeout=0.01,
+    )
+
+
+def _drain(p: StreamProcessor) -> None:
+    p.start()
+    while p.run_once().messages:
+        pass
+
+
+def _publish_mixed(path: Path, make_event: Any) -> MoneyBag:
+    """Valid events, duplicates, credits, another currency, a late event and poison messages; returns the truth."""
+    pub = JsonlPublisher(path)
+    truth = MoneyBag()
+    for i in range(200):
+        ev = make_event(f"{i % 7}.{i:03d}", minutes=3 * i)
+        pub.publish(ev)
+        truth.add_raw(Decimal(ev["cost"]["amount"]), "USD")
+        if i % 50 == 0:
+            pub.publish(ev)  # exact redelivery
+            pub.publish({**ev, "cost": {"amount": "999", "currency": "USD"}})  # same id, other content: ignored
+    credit = make_event("-12.5", minutes=601)
+    eur = make_event("40.10", minutes=602, currency="EUR")
+    late = make_event("8.25", minutes=300)  # 5 hours behind the clock: beyond the 1 hour allowed lateness
+    for ev in (credit, eur, late):
+        pub.publish(ev)
+        truth.add_raw(Decimal(ev["cost"]["amount"]), ev["cost"]["currency"])
+    pub.publish_raw(b'{"schema_version": 1, "event_id": "broken"')
+    pub.publish({**make_event("1"), "cost": {"amount": "1", "currency": "ZZZ"}})
+    pub.publish(make_event("1", tags={f"k{i}": "v" * 1000 for i in range(70)}))
+    pub.close()
+    return truth
+
+
+def test_embedded_stream_is_exactly_once(ledger_url, config, make_event, tmp_path) -> None:
+    path = tmp_path / "events.jsonl"
+    truth = _publish_mixed(path, make_event)
+    rec = Recorder()
+    with Ledger(ledger_url) as led:
+        p = _processor(led, config, path, rec)
+        _drain(p)
+        p.close()
+        # the ledger holds every distinct valid event once, to the last digit, in its own currency
+        assert led.totals(scope="stream:test") == truth
+        assert led.count(scope="stream:test") == 200 + 3
+        m = p.metrics
+        assert (m.duplicates, m.late, m.dead_letters) == (8, 1, 3)
+        assert {d["field"] for d in dead_letters(led)} == {"payload", "cost.currency"}
+        # the late event is in the ledger but not in the running total; the batch engine picks it up
+        with led.engine.connect() as c:
+            late_ids = list(c.execute(sa.select(stream_event.c.event_id).where(stream_event.c.late)).scalars())
+        assert len(late_ids) == 1
+        (day,) = [
+            s
+            for s in current_totals(led)
+            if s["budget"] == "ingest-orders-day" and s["period_start"][:10] == "2026-10-10"
+        ]
+        batch = {s.budget.name: s for s in BudgetEngine(config, led).evaluate_all(T0 + dt.timedelta(hours=10))}
+        assert Decimal(day["total"]) + Decimal("8.25") == batch["ingest-orders-day"].actual.amount
+        assert day["others"] == {"EUR": "40.10"}
+        # each breach was claimed once and alerted once; the feed has them
+        with led.engine.connect() as c:
+            claimed = set(c.execute(sa.select(breach_table.c.dedupe_key)).scalars())
+        assert rec.breaches and sorted(rec.breaches) == sorted(claimed)
+        assert {f["dedupe_key"] for f in read_feed(led, kinds=["breach"])} == claimed
+        assert consumer_status(led)[0]["position"] == path.stat().st_size
+
+
+def test_restart_resumes_from_the_ledger_checkpoint(sqlite_url, config, make_event, tmp_path) -> None:
+    path = tmp_path / "events.jsonl"
+    truth = _publish_mixed(path, make_event)
+    rec = Recorder()
+    with Ledger(sqlite_url) as led:
+        for _ in range(4):  # a few batches, then the process "dies" (no close, no further commit)
+            p = _processor(led, config, path, rec, max_batch=7)
+            p.start()
+            for _ in range(5):
+                p.run_once()
+        _drain(_processor(led, config, path, rec))
+        assert led.totals(scope="stream:test") == truth
+        assert len(rec.breaches) == len(set(rec.breaches)) > 0
+        # the persisted running total equals the ledger's stream rows of that period (minus the late one)
+        (day,) = [
+            s
+            for s in current_totals(led)
+            if s["budget"] == "ingest-orders-day" and s["period_start"][:10] == "2026-10-10"
+        ]
+        rows = led.totals(scope="stream:test", dag_id="ingest_orders", start=T0, end=T0 + dt.timedelta(days=1))
+        assert Decimal(day["total"]) == rows.get("USD").amount - Decimal("8.25")
+
+
+class Crash(BaseException):
+    pass
+
+
+def test_breach_lost_between_commit_and_claim_is_claimed_on_restart(sqlite_url, config, make_event, tmp_path):
+    path = tmp_path / "events.jsonl"
+    pub = JsonlPublisher(path)
+    for i in range(12):
+        pub.publish(make_event("10", minutes=i))
+    pub.close()
+    rec = Recorder()
+    with Ledger(sqlite_url) as led:
+        p = _processor(led, config, path, rec, max_batch=100)
+        p.start()
+
+        def crash(_b: Any) -> bool:
+            raise Crash("killed after the ledger commit, before the claim")
+
+        p.ledger = Ledger(sqlite_url, migrate=False)
+        p.ledger.claim_breach = crash  # type: ignore[method-assign]
+        with pytest.raises(Crash):
+            p.run_once()
+        assert led.count(scope="stream:test") == 12 and rec.breaches == []
+        again = _processor(led, config, path, rec)
+        res = again.start()
+        assert sorted(b.dedupe_key for b in res.breaches) == sorted(rec.breaches)
+        assert "ingest-orders-day|day:2026-10-10T00:00:00Z|actual|100" in rec.breaches
+        third = _processor(led, config, path, rec)
+        assert third.start().breaches == []
+        assert len(rec.breaches) == len(set(rec.breaches))
+
+
+def test_feed_reads_incrementally_and_filters(sqlite_url, config, make_event, tmp_path) -> None:
+    path = tmp_path / "events.jsonl"
+    pub = JsonlPublisher(path)
+    for i in range(11):
+        pub.publish(make_event("10", minutes=i))
+    pub.close()
+    with Ledger(sqlite_url) as led:
+        _drain(_processor(led, config, path, Recorder()))
+        items = read_feed(led)
+        assert [i["kind"] for i in items] == ["breach", "breach"]
+        assert read_feed(led, after_id=items[0]["id"]) == items[1:]
+        assert read_feed(led, budgets=["nope"]) == []
+        assert items[0]["payload"]["actual"]["currency"] == "USD"
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "target", "topic", "group"),
+    [
+        pytest.param("kafka://h1:9092,h2:9092/costs?group=g1", "kafka", "h1:9092,h2:9092", "costs", "g1", id="kafka"),
+        pytest.param("kafka://localhost:9092/costs", "kafka", "localhost:9092", "costs", None, id="kafka-no-group"),
+        pytest.param("file:///var/x.jsonl", "file", "/var/x.jsonl", None, None, id="file"),
+        pytest.param("/tmp/y.jsonl", "file", "/tmp/y.jsonl", None, None, id="path"),
+    ],
+)
+def test_parse_source(url, kind, target, topic, group) -> None:
+    s = parse_source(url)
+    assert (s.kind, s.target, s.topic, s.group) == (kind, target, topic, group)
+
+
+@pytest.mark.parametrize("url", [pytest.param("kafka://h:1/", id="no-topic"), pytest.param("http://x/y", id="scheme")])
+def test_parse_source_rejects_bad_urls(url) -> None:
+    with pytest.raises(ValueError, match=r"kafka://HOST:PORT/TOPIC|unknown source"):
+        parse_source(url)
+
+
+def _cli(*args: str, **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "finops_provider.cli", "stream", "--no-live", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+        **kw,
+    )
+
+
+def _wait_for(pred: Any, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_finops_stream_stops_cleanly_on_sigterm(tmp_path, make_event) -> None:
+    path = tmp_path / "events.jsonl"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(json.loads(json.dumps(CONFIG))), encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    pub = JsonlPublisher(path)
+    for i in range(50):
+        pub.publish(make_event("1", minutes=i))
+    proc = _cli("--source", f"file://{path}", "--ledger", url, "--config", str(cfg), "--consumer", "svc")
+    try:
+        with Ledger(url) as led:
+            _wait_for(lambda: led.count() == 50)
+            pub.publish(make_event("1", minutes=60))  # arrives while running
+            _wait_for(lambda: led.count() == 51)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pub.close()
+    assert proc.returncode == 0, out
+    assert "stopped:" in out and '"applied": 51' in out
+    with Ledger(url) as led:
+        assert consumer_status(led) == [{**consumer_status(led)[0], "consumer": "svc", "position": path.stat().st_size}]
+
+
+def test_finops_stream_survives_kill_9_mid_batch(tmp_path, make_event) -> None:
+    """Hard kills of the service at arbitrary moments: totals exact, each breach alerted once."""
+    path = tmp_path / "events.jsonl"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(json.loads(json.dumps(CONFIG))), encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    alerts = tmp_path / "alerts.jsonl"
+    pub = JsonlPublisher(path)
+    truth = Decimal(0)
+    n = 6000
+    for i in range(n):  # 2 days of events: several day and month thresholds are crossed on the way
+        ev = make_event(f"0.{i % 97:02d}1", minutes=i / 2, dag_id="ingest_orders" if i % 3 else "ingest_crm")
+        pub.publish(ev)
+        truth += Decimal(ev["cost"]["amount"])
+    pub.close()
+    args = ("--source", f"file://{path}", "--ledger", url, "--config", str(cfg), "--sink-jsonl", str(alerts))
+    with Ledger(url) as led:
+        for target in (1000, 2500, 4000):  # kill as soon as the stream is past these row counts
+            proc = _cli(*args, "--max-batch", "50")
+            _wait_for(lambda t=target: led.count() > t, timeout=60)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            assert proc.returncode == -signal.SIGKILL
+        assert led.count() < n, "the kills came too late to interrupt the stream"
+        proc = _cli(*args, "--idle-exit", "1")
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        assert led.count() == n
+        assert led.totals(scope="stream:finops-stream").get("USD").amount == truth
+        with led.engine.connect() as c:
+            claimed = sorted(c.execute(sa.select(breach_table.c.dedupe_key)).scalars())
+    alerted = sorted(json.loads(line)["dedupe_key"] for line in alerts.read_text().splitlines())
+    alerted_breaches = [k for k in alerted if not k.startswith("anomaly|")]
+    assert len(claimed) >= 4
+    assert alerted_breaches == claimed  # every breach alerted, none twice
