@@ -40,16 +40,43 @@ def get_provider_info() -> dict[str, Any]:
                     "finops_provider.hooks.redshift_costs",
                     "finops_provider.hooks.kubernetes_costs",
                     "finops_provider.hooks.ledger",
+                    "finops_provider.hooks.airflow_api",
                 ],
             }
         ],
+        "operators": [
+            {
+                "integration-name": "FinOps",
+                "python-modules": [
+                    "finops_provider.operators.collect",
+                    "finops_provider.operators.focus_ingest",
+                    "finops_provider.operators.budget_gate",
+                ],
+            }
+        ],
+        "sensors": [{"integration-name": "FinOps", "python-modules": ["finops_provider.sensors.budget"]}],
         "triggers": [
-            {"integration-name": "FinOps", "python-modules": ["finops_provider.triggers.stream"]},
+            {
+                "integration-name": "FinOps",
+                "python-modules": ["finops_provider.triggers.budget", "finops_provider.triggers.stream"],
+            },
+        ],
+        "notifications": [
+            "finops_provider.notifications.slack.FinOpsSlackNotifier",
+            "finops_provider.notifications.jira.FinOpsJiraNotifier",
+            "finops_provider.notifications.servicenow.FinOpsServiceNowNotifier",
+        ],
+        "plugins": [
+            {"name": "finops_listener", "plugin-class": "finops_provider.plugins.finops_plugin.FinOpsListenerPlugin"}
         ],
         "connection-types": [
             {
                 "connection-type": "finops_ledger",
                 "hook-class-name": "finops_provider.hooks.ledger.FinOpsLedgerHook",
+            },
+            {
+                "connection-type": "finops_airflow_api",
+                "hook-class-name": "finops_provider.hooks.airflow_api.AirflowApiHook",
             },
         ],
         "config": {
@@ -70,6 +97,55 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "boolean",
                         "example": "True",
                         "default": "False",
+                    },
+                    "api_conn_id": {
+                        "description": "Airflow REST API connection used to pause DAGs and answer approvals.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "finops_airflow_api_default",
+                        "default": "finops_airflow_api_default",
+                    },
+                    "listener_enabled": {
+                        "description": "Record each task try's estimate from the listener plugin (no DAG changes).",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "True",
+                        "default": "False",
+                    },
+                    "listener_enforce": {
+                        "description": "Let the listener also evaluate budgets and trigger actions.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "True",
+                        "default": "False",
+                    },
+                    "outbox_backoff_base_s": {
+                        "description": "First retry delay of an undelivered alert / pause, doubled per attempt.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "30",
+                        "default": "30",
+                    },
+                    "outbox_max_attempts": {
+                        "description": "Delivery attempts before an outbox item is marked dead.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "25",
+                        "default": "25",
+                    },
+                    "callback_time_budget_s": {
+                        "description": "Wall-clock budget of one FinOps callback; the rest waits in the outbox.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "20",
+                        "default": "20",
+                    },
+                    "default_deferrable": {
+                        "description": "FinOps sensors defer to the triggerer unless told otherwise.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "True",
+                        "default": "True",
                     },
                     "ledger_conn_id": {
                         "description": "Airflow connection holding the ledger database URL.",

@@ -43,3 +43,18 @@ def test_parsing_examples_imports_no_cloud_sdk() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_enforcement_example_uses_every_piece() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from finops_provider.callbacks import FinOpsDagCallback, FinOpsTaskCallback
+
+    bag = DagBag(dag_folder=str(EXAMPLES / "example_finops_enforcement.py"), safe_mode=False)
+    dag = bag.dags["example_finops_enforcement"]
+    cbs = dag.on_success_callback if isinstance(dag.on_success_callback, list) else [dag.on_success_callback]
+    assert any(isinstance(cb, FinOpsDagCallback) for cb in cbs)
+    types = {type(t).__name__ for t in dag.tasks}
+    assert {"BudgetGateOperator", "BudgetHeadroomSensor", "BillingDataFreshnessSensor"} <= types
+    for t in dag.tasks:
+        assert any(isinstance(cb, FinOpsTaskCallback) for cb in t.on_success_callback), t.task_id

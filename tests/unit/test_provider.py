@@ -71,10 +71,15 @@ def test_provider_info_names_only_importable_classes() -> None:
         mod, _, cls = ct["hook-class-name"].rpartition(".")
         hook = getattr(importlib.import_module(mod), cls)
         assert hook.conn_type == ct["connection-type"]
-    for key in ("notifications", "plugins", "triggers", "sensors", "operators"):
+    for key in ("triggers", "sensors", "operators"):
         for entry in info.get(key, []):
-            for name in entry.get("python-modules", []) if isinstance(entry, dict) else [entry]:
+            for name in entry["python-modules"]:
                 importlib.import_module(name)
+    classes = list(info.get("notifications", [])) + [p["plugin-class"] for p in info.get("plugins", [])]
+    assert classes, "notifiers and plugins are registered"
+    for path in classes:
+        mod, _, cls = path.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(mod), cls), type), path
 
 
 def test_airflow_lists_the_provider() -> None:

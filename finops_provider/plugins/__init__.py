@@ -1,0 +1,1 @@
+"""Airflow plugins of finops-provider: the attribution listener."""

@@ -1,0 +1,1 @@
+"""Sensors: budget headroom and billing-data freshness (deferrable)."""
