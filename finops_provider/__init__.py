@@ -39,6 +39,8 @@ def get_provider_info() -> dict[str, Any]:
                     "finops_provider.hooks.bigquery_costs",
                     "finops_provider.hooks.redshift_costs",
                     "finops_provider.hooks.kubernetes_costs",
+                    "finops_provider.hooks.synapse_costs",
+                    "finops_provider.hooks.fabric_costs",
                     "finops_provider.hooks.ledger",
                     "finops_provider.hooks.airflow_api",
                 ],

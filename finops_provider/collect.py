@@ -34,6 +34,8 @@ COLLECTORS: dict[str, str] = {
     "bigquery": "finops_provider.hooks.bigquery_costs:collect_bigquery",
     "redshift": "finops_provider.hooks.redshift_costs:collect_redshift",
     "k8s": "finops_provider.hooks.kubernetes_costs:collect_k8s",
+    "synapse": "finops_provider.hooks.synapse_costs:collect_synapse",
+    "fabric": "finops_provider.hooks.fabric_costs:collect_fabric",
 }
 
 

@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from finops_provider.core.money import MoneyBag
-from finops_provider.core.pricing import RateCard
+from finops_provider.core.money import Money, MoneyBag
+from finops_provider.core.pricing import Price, RateCard
 from finops_provider.core.records import CostRecord
+
+if TYPE_CHECKING:
+    from finops_provider.core.ledger import Ledger
+    from finops_provider.core.reconcile import ReconcileReport
 
 #: the demo's clock: data covers the 30 days before this instant
 DEMO_NOW = dt.datetime(2026, 10, 24, 0, 0, tzinfo=dt.UTC)
@@ -26,6 +30,22 @@ DEMO_DAYS = 30
 SEED = 20261024
 SPIKE_DAG = "feature_store_backfill"
 SPIKE_TASK = "backfill_embeddings"
+#: run-time estimates: one DAG per platform, task_1 of the 02:00 run, on these days before the last one (so the
+#: last day's anomaly scan is not disturbed); each estimate is off its truth by a platform-typical error (per mille)
+ESTIMATED_DAGS = {
+    "ingest_orders": (-120, 40),  # databricks: cluster spec x duration runs low / high
+    "bi_daily_revenue": (-60, 150),  # snowflake: concurrent queries share credits -> estimates run high
+    "ingest_crm": (-20, 20),  # bigquery: dry-run bytes are close to billed bytes
+    "ingest_partner_feeds": (-80, 80),  # redshift
+    "ingest_clickstream": (-200, 30),  # kubernetes: requests under-estimate usage
+    "report_finance_close": (-50, 90),  # synapse
+    "bi_product_usage": (-100, 100),  # fabric
+}
+ESTIMATE_DAYS_BEFORE_END = (4, 3, 2)
+#: idle rows per day: share of the day's attributed usage left idle (Snowflake warehouses, Kubernetes nodes)
+IDLE_SHARE = {"snowflake": Decimal("0.18"), "kubernetes": Decimal("0.25")}
+#: the demo's Fabric capacity (its CU-hours not consumed by items are the idle row)
+FABRIC_CAPACITY_SKU = "F32"
 
 
 @dataclass(frozen=True)
@@ -93,11 +113,20 @@ class DemoData:
     expected: MoneyBag = field(default_factory=MoneyBag)
     expected_effective: MoneyBag = field(default_factory=MoneyBag)
 
+    #: the ledger's totals after :func:`reconcile_demo` (every estimate has truth, so only billed rows remain)
+    expected_after_reconcile: MoneyBag = field(default_factory=MoneyBag)
+
     def add(self, r: CostRecord) -> None:
         self.records.append(r)
         self.expected.add_raw(r.billed_cost, r.billing_currency)
+        if r.x_cost_kind == "billed":
+            self.expected_after_reconcile.add_raw(r.billed_cost, r.billing_currency)
         if r.effective_cost is not None:
             self.expected_effective.add_raw(r.effective_cost, r.billing_currency)
+
+    @property
+    def estimates(self) -> list[CostRecord]:
+        return [r for r in self.records if r.x_cost_kind == "estimate"]
 
 
 def _qty(rng: random.Random, base: Decimal, spread: float = 0.25) -> Decimal:
@@ -126,9 +155,11 @@ def generate(
     on = start.date()
     k8s_cpu = rc.price("kubernetes", "cpu_core_hour", on=on)
     k8s_mem = rc.price("kubernetes", "memory_gb_hour", on=on)
+    est_rng = random.Random(seed + 1)  # its own stream: the billed rows stay what they were without estimates
     for d in range(days):
         day = start + dt.timedelta(days=d)
         wf = _weekday_factor(day)
+        used: dict[str, Decimal] = {"snowflake": Decimal(0), "kubernetes": Decimal(0), "fabric": Decimal(0)}
         for dag in DAGS:
             runs = [day + dt.timedelta(hours=h) for h in range(24)] if dag.hourly else [day + dt.timedelta(hours=2)]
             growth = 1 + dag.growth_pct_per_day * d / 100
@@ -156,9 +187,24 @@ def generate(
                         x_platform=dag.platform,
                         tags={"airflow_dag_id": dag.dag_id, "airflow_task_id": task_id},
                     )
+                    estimated = (
+                        dag.dag_id in ESTIMATED_DAGS
+                        and t == 0
+                        and run_at.hour == 2
+                        and days - d in ESTIMATE_DAYS_BEFORE_END
+                    )
                     if dag.platform == "kubernetes":
                         cores = _qty(rng, base)
                         gb = _qty(rng, base * 4)
+                        used["kubernetes"] += cores
+                        if estimated:
+                            f = _estimate_factor(est_rng, dag.dag_id)
+                            data.add(
+                                _estimate(
+                                    dag, task_id, run_at, end_at,
+                                    k8s_cpu.cost(cores * f) + k8s_mem.cost(gb * f), cores * f, "core-hour", None,
+                                )
+                            )  # fmt: skip
                         for price, qty, what in ((k8s_cpu, cores, "CPU"), (k8s_mem, gb, "memory")):
                             cost = price.cost(qty).amount
                             data.add(
@@ -188,6 +234,11 @@ def generate(
                         price = rc.price(rplat, sku, on=on)
                         qty = _qty(rng, base)
                         cost = price.cost(qty).amount
+                        if dag.platform in used:
+                            used[dag.platform] += qty
+                        if estimated:
+                            q = qty * _estimate_factor(est_rng, dag.dag_id)
+                            data.add(_estimate(dag, task_id, run_at, end_at, price.cost(q), q, unit, price))
                         data.add(
                             CostRecord(
                                 billed_cost=cost,
@@ -209,8 +260,95 @@ def generate(
                                 **common,
                             )
                         )
+        _idle_rows(data, rc, day, used)
     _infra(data, rng, start, days, infra_resources)
     return data
+
+
+def _estimate_factor(rng: random.Random, dag_id: str) -> Decimal:
+    lo, hi = ESTIMATED_DAGS[dag_id]
+    return 1 + Decimal(rng.randint(lo, hi)) / 1000
+
+
+def _estimate(
+    dag: DemoDag,
+    task_id: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    cost: Money,
+    quantity: Decimal,
+    unit: str,
+    price: Price | None,
+) -> CostRecord:
+    """The run-time estimate of one task try, built like the platform hooks build theirs."""
+    from finops_provider.core.estimate import TaskTry
+    from finops_provider.core.platforms import estimate_record
+
+    run_id = f"scheduled__{start:%Y-%m-%dT%H:%M:%S}+00:00"
+    task = TaskTry(dag.dag_id, task_id, run_id, 1, start, end)
+    rplat = PLATFORMS[dag.platform][0] if dag.platform in PLATFORMS else dag.platform
+    return estimate_record(  # type: ignore[no-any-return]
+        task,
+        platform=dag.platform,
+        cost=cost,
+        quantity=quantity,
+        unit=unit,
+        sku=price.sku if price else None,
+        description=f"demo estimate ({rplat})",
+        price_text=price.describe() if price else None,
+    )
+
+
+def _idle_rows(data: DemoData, rc: RateCard, day: dt.datetime, used: dict[str, Decimal]) -> None:
+    """One idle row per day for Snowflake (warehouse credits), Kubernetes (node cores) and Fabric (capacity CU)."""
+    from finops_provider.core.azure_sizing import fabric_capacity_units
+
+    on = day.date()
+    capacity_cu_hours = fabric_capacity_units(FABRIC_CAPACITY_SKU) * 24
+    rows = (
+        ("snowflake", rc.price("snowflake", "CREDIT_ENTERPRISE", on=on), (used["snowflake"] * IDLE_SHARE["snowflake"])),
+        ("kubernetes", rc.price("kubernetes", "cpu_core_hour", on=on), (used["kubernetes"] * IDLE_SHARE["kubernetes"])),
+        ("fabric", rc.price("fabric", "CU_HOUR", on=on), max(capacity_cu_hours - used["fabric"], Decimal(0))),
+    )
+    for platform, price, qty in rows:
+        qty = qty.quantize(_Q4)
+        cost = price.cost(qty).amount
+        data.add(
+            CostRecord(
+                billed_cost=cost,
+                effective_cost=cost,
+                list_cost=cost,
+                contracted_cost=cost,
+                billing_currency=price.amount.currency,
+                charge_period_start=day,
+                charge_period_end=day + dt.timedelta(days=1),
+                billing_period_start=day.replace(day=1),
+                billing_account_id="acme-data-platform",
+                billing_account_name="Acme Data Platform",
+                charge_category="Usage",
+                charge_frequency="Usage-Based",
+                charge_description=f"{platform} idle: {qty} {price.unit} not used by any job ({price.source})",
+                pricing_quantity=qty,
+                pricing_unit=price.unit,
+                sku_id=price.sku,
+                provider_name=PLATFORMS[platform][2] if platform in PLATFORMS else "Kubernetes",
+                service_name=PLATFORMS[platform][3] if platform in PLATFORMS else "Kubernetes",
+                tags={"finops_idle": "true"},
+                x_source="demo",
+                x_cost_kind="billed",
+                x_platform=platform,
+                x_job_id="(idle)",
+                x_line_item_id=f"idle|{platform}|{on.isoformat()}",
+            )
+        )
+
+
+def reconcile_demo(ledger: Ledger, *, now: dt.datetime = DEMO_NOW, days: int = DEMO_DAYS) -> ReconcileReport:
+    """Supersede the demo month's estimates by their billed truth; the report's ``accuracy`` gives, per platform,
+    the estimates' bias and mean absolute error (what ``finops demo`` prints)."""
+    from finops_provider.core.reconcile import reconcile
+
+    return reconcile(ledger, now - dt.timedelta(days=days), now)
 
 
 def _infra(data: DemoData, rng: random.Random, start: dt.datetime, days: int, n: int) -> None:

@@ -24,8 +24,14 @@ subclasses) on a Snowflake connection     operator is a Snowflake one
                                           the operator already labels pods with dag_id / task_id / run_id
 ========================================  ===================================================================
 
-Not covered yet: EMR / Glue operators, Synapse and Fabric operators, ``DatabricksRunNowOperator`` (a job's
-tags live in the job definition: set them there).
+``EmrCreateJobFlowOperator``              ``job_flow_overrides["Tags"]`` (``Key`` / ``Value`` list, exact values,
+                                          run id templated) when the overrides are a dict
+``EmrServerlessStartJobOperator``         ``config["tags"]`` (passed to ``StartJobRun``; exact values)
+``GlueJobOperator``                       ``create_job_kwargs["Tags"]``: dag / task / team / cost center (Glue tags
+                                          the job when the operator creates it, not each run: no run id)
+
+Not covered yet: Synapse and Fabric operators, ``DatabricksRunNowOperator`` (a job's tags live in the job
+definition: set them there).
 
 Label rules: BigQuery label values must be lowercase ``[a-z0-9_-]`` and at most 63 characters (Kubernetes label
 values similar). Static values go through :func:`finops_provider.core.platforms.label_value`; the run id is
@@ -127,12 +133,40 @@ def _kubernetes(task: Any, ids: dict[str, str]) -> None:
     task.annotations = _merge(dict(getattr(task, "annotations", None) or {}), ids)
 
 
+def _emr(task: Any, ids: dict[str, str]) -> None:
+    overrides = getattr(task, "job_flow_overrides", None)
+    if not isinstance(overrides, dict):
+        return  # a template file name or a string: rendered later, left alone
+    tags = [t for t in overrides.get("Tags") or [] if isinstance(t, dict)]
+    have = {t.get("Key") for t in tags}
+    tags += [{"Key": k, "Value": v} for k, v in ids.items() if k not in have]
+    overrides["Tags"] = tags
+
+
+def _emr_serverless(task: Any, ids: dict[str, str]) -> None:
+    config = getattr(task, "config", None)
+    if not isinstance(config, dict):
+        return
+    config["tags"] = _merge(dict(config.get("tags") or {}), ids)
+
+
+def _glue(task: Any, ids: dict[str, str]) -> None:
+    kwargs = dict(getattr(task, "create_job_kwargs", None) or {})
+    # Glue tags the job (set when the operator creates it), not each run: the run id would be stale
+    static = {k: v for k, v in ids.items() if k != "airflow_run_id"}
+    kwargs["Tags"] = _merge(dict(kwargs.get("Tags") or {}), static)
+    task.create_job_kwargs = kwargs
+
+
 #: operator class name -> stamping function
 COVERED: dict[str, Any] = {
     "DatabricksSubmitRunOperator": _databricks,
     "BigQueryInsertJobOperator": _bigquery,
     "SQLExecuteQueryOperator": _snowflake,
     "KubernetesPodOperator": _kubernetes,
+    "EmrCreateJobFlowOperator": _emr,
+    "EmrServerlessStartJobOperator": _emr_serverless,
+    "GlueJobOperator": _glue,
 }
 
 

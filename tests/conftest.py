@@ -37,6 +37,8 @@ pytest_plugins = [
     "tests.fixtures.kubernetes",
     "tests.fixtures.databricks",
     "tests.fixtures.bigquery",
+    "tests.fixtures.synapse",
+    "tests.fixtures.fabric",
 ]
 
 DATA_DIR = Path(__file__).parent / "data"

@@ -145,3 +145,54 @@ def bigquery_on_demand_estimate(total_bytes_processed: int | str, rate_card: Rat
     with localcontext(MONEY_CONTEXT):
         tib = Decimal(int(total_bytes_processed)) / TIB
     return format(price.cost(tib).amount, "f")
+
+
+def asset_uri(asset: Any) -> str:
+    """The identifier of an outlet: an Airflow ``Asset`` (its ``uri``, else ``name``) or a URI string."""
+    if isinstance(asset, str):
+        uri = asset
+    else:
+        uri = getattr(asset, "uri", None) or getattr(asset, "name", None) or ""
+    uri = str(uri).strip()
+    if not uri:
+        raise ValueError(f"outlet {asset!r} has no uri or name; give Asset(uri=...) or a URI string")
+    return uri
+
+
+def split_by_assets(record: CostRecord, assets: Any, *, weights: Mapping[str, Any] | None = None) -> list[CostRecord]:
+    """Attribute a task's cost record to the tables (assets) it writes: one record per asset with ``x_asset`` set.
+
+    Rule: the cost is split equally across the task's distinct outlets (or in proportion to ``weights``, asset URI
+    -> rows / bytes written) with :func:`~finops_provider.core.allocation.split_shared`, so each cost basis (billed,
+    effective, list) and the pricing quantity of the parts add up to the record's exactly. Each part keeps every
+    other column; its line item is ``<record line item>#<asset uri>`` (re-recording the same try replaces it).
+    No outlets: the record itself, unchanged.
+
+    :param assets: Airflow ``Asset`` objects (``task.outlets``) or URI strings.
+    """
+    from finops_provider.core.allocation import split_shared
+    from finops_provider.core.money import Money
+
+    uris = list(dict.fromkeys(asset_uri(a) for a in (assets or [])))
+    if not uris:
+        return [record]
+    if weights is not None:
+        w = {u: to_decimal(weights.get(u, 0), field_name=f"weight of {u}") for u in uris}
+        if not any(v > 0 for v in w.values()):
+            raise ValueError("split_by_assets: every weight is 0; give a positive weight to at least one asset")
+    else:
+        w = {u: Decimal(1) for u in uris}
+    cur = record.billing_currency
+    split: dict[str, dict[str, Decimal]] = {}
+    for attr in ("billed_cost", "effective_cost", "list_cost", "pricing_quantity"):
+        value = getattr(record, attr)
+        if value is not None:
+            split[attr] = {u: m.amount for u, m in split_shared(Money(value, cur), w, quantum=QUANTUM).items()}
+    base = record.x_line_item_id or record.identity()
+    out = []
+    for u in uris:
+        changes: dict[str, Any] = {attr: parts[u] for attr, parts in split.items()}
+        out.append(
+            record.replace(x_asset=u, x_line_item_id=f"{base}#{u}", tags={**record.tags, "x_asset": u}, **changes)
+        )
+    return out

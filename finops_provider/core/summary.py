@@ -25,6 +25,7 @@ BREAKDOWNS = {
     "cost_center": "Cost center",
     "dag": "Job (DAG)",
     "service": "Service",
+    "asset": "Table (asset)",
 }
 
 
