@@ -12,10 +12,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape as escape_markup
 from rich.table import Table
 
 from finops_provider.core.config import ConfigError, FinOpsConfig, load_config
-from finops_provider.core.money import Money
+from finops_provider.core.money import Money, MoneyBag
 
 app = typer.Typer(help="FinOps control plane for data platforms.", no_args_is_help=True, add_completion=False)
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -60,6 +61,87 @@ def _money_table(title: str, rows: list[dict[str, Any]], key_title: str) -> Tabl
     for r in rows:
         t.add_row(str(r["key"]), Money.of(r["amount"], r["currency"]).format(), f"{r['share_pct']} %")
     return t
+
+
+anomalies_app = typer.Typer(help="Cost anomalies: list them, label them (true / false / planned).")
+app.add_typer(anomalies_app, name="anomalies")
+
+
+@anomalies_app.command("list")
+def anomalies_list(
+    at: Annotated[str | None, typer.Option(help="last day to scan, YYYY-MM-DD (default: yesterday, UTC)")] = None,
+    days: Annotated[int, typer.Option(min=1, max=90, help="days back from --at")] = 7,
+    dims: Annotated[str, typer.Option(help="comma-separated scope dimensions")] = "team,dag,platform",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    config: ConfigOpt = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Anomalies of the last --days days (the configured detector), with each one's latest label."""
+    from rich.markup import escape
+
+    from finops_provider.core.anomaly import RobustDetector, anomaly_labels, detector_from_config
+
+    cfg = _config(config)
+    led = _ledger(ledger, cfg)
+    day = _parse_day(at, "--at").date() if at else (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date()
+    det = detector_from_config(cfg.anomaly)
+    scope_dims = tuple(d.strip() for d in dims.split(",") if d.strip())
+    if isinstance(det, RobustDetector):
+        found = det.scan(led, day, scope_dims, lookback=days)
+    else:
+        found = [a for i in range(days) for a in det.scan(led, day - dt.timedelta(days=i), scope_dims)]
+    labels = {r["dedupe_key"]: r["label"] for r in anomaly_labels(led)}
+    rows = [dict(a.to_json(), label=labels.get(a.dedupe_key)) for a in found]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    t = Table(title=f"Anomalies {day - dt.timedelta(days=days - 1)} .. {day}", title_justify="left")
+    for c in ("key", "severity", "actual", "expected", "impact", "z", "root cause", "label"):
+        t.add_column(c, justify="right" if c in ("actual", "expected", "impact", "z") else "left")
+    for a, r in zip(found, rows, strict=True):
+        rc = r["root_cause"]
+        t.add_row(
+            escape(a.dedupe_key),
+            f"{a.severity} {a.kind or ''}".strip(),
+            a.actual.format(),
+            a.expected.format(),
+            a.impact.format(),
+            r["zscore"] or r["score_pct"] + " %",
+            escape(f"{rc['dimension']}={rc['value']}") if rc else "",
+            r["label"] or "",
+        )
+    console.print(t)
+
+
+@anomalies_app.command("label")
+def anomalies_label(
+    key: Annotated[str, typer.Argument(help="the anomaly's key, as printed by `finops anomalies list`")],
+    label: Annotated[str, typer.Option("--as", help="true, false or planned")],
+    until: Annotated[str | None, typer.Option(help="planned: suppress the scope until YYYY-MM-DD")] = None,
+    note: Annotated[str | None, typer.Option(help="why")] = None,
+    who: Annotated[str | None, typer.Option(help="who labels (default: $USER)")] = None,
+    config: ConfigOpt = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Label an anomaly; ``planned`` suppresses alerts of its scope until --until (default 7 days)."""
+    import getpass
+
+    from finops_provider.core.anomaly import label_anomaly
+
+    led = _ledger(ledger, _config(config))
+    try:
+        row = label_anomaly(
+            led,
+            key,
+            label,
+            note=note,
+            who=who or getpass.getuser(),
+            until=_parse_day(until, "--until") if until else None,
+        )
+    except ValueError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    sys.stdout.write(json.dumps(row) + "\n")
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -135,7 +217,7 @@ def demo(
     """Run the whole job offline: a month of costs + the real FOCUS sample, budgets, anomalies, summary."""
     from finops_provider import demo as demo_mod
     from finops_provider.core.allocation import Attributor
-    from finops_provider.core.anomaly import BaselineDetector
+    from finops_provider.core.anomaly import detector_from_config
     from finops_provider.core.budgets import BudgetEngine
     from finops_provider.core.focus import read_focus
     from finops_provider.core.ledger import Ledger, finops_home
@@ -171,20 +253,55 @@ def demo(
         f"ledger totals {stored.to_json()} — "
         + ("[green]equal to the inputs, to the last digit[/green]" if exact else "[red]MISMATCH[/red]")
     )
+    # run-time estimates superseded by billed truth, with each platform's estimate error
+    rep = demo_mod.reconcile_demo(led)
+    after = MoneyBag()
+    after.merge(data.expected_after_reconcile)
+    for cur, amt in (r2.totals or {}).items():
+        after.add_raw(Money.of(amt, cur).amount, cur)
+    reconciled_exact = led.totals() == after
+    acc = Table(
+        title=f"Estimate accuracy ({rep.superseded_rows} estimates superseded by billed truth)", title_justify="left"
+    )
+    for c in ("Platform", "Tasks", "Estimated", "Billed", "Bias", "Mean |error|"):
+        acc.add_column(c, justify="left" if c == "Platform" else "right")
+    for pa in sorted(rep.accuracy.values(), key=lambda x: x.platform):
+        acc.add_row(pa.platform, str(pa.tasks), Money(pa.estimate, pa.currency).format(),
+                    Money(pa.truth, pa.currency).format(), f"{pa.bias_pct} %",
+                    f"{pa.mean_abs_error_pct} %")  # fmt: skip
+    console.print(acc)
     now = demo_mod.DEMO_NOW
     engine = BudgetEngine(cfg, led)
     statuses = engine.evaluate_all(now - dt.timedelta(microseconds=1))
     fresh = engine.new_breaches(statuses)
-    a = cfg.anomaly
-    anomalies = BaselineDetector(a.threshold_pct, a.min_impact, a.baseline_periods).scan(
-        led, (now - dt.timedelta(days=1)).date()
+    anomalies = detector_from_config(cfg.anomaly).scan(led, (now - dt.timedelta(days=1)).date())
+    # the live path: a burst of cost events through the embedded stream source, breaches found as they happen
+    from finops_provider.streaming.demo import run_embedded_demo
+
+    console.print("\n[bold]live stream[/bold] (embedded source, no broker):")
+    stream = run_embedded_demo(led, cfg, pace=0.002, max_batch=16)
+    for line in stream.log:
+        console.print(f"  • {escape_markup(line)}")
+    console.print(
+        f"  {stream.events} events -> {len(stream.breaches)} breach(es), {len(stream.anomalies)} anomaly(ies); "
+        + ("[green]stream totals exact[/green]" if stream.exact else "[red]stream MISMATCH[/red]")
     )
     summary = build_summary(led, cfg, now=now - dt.timedelta(microseconds=1), statuses=statuses, anomalies=anomalies)
     summary["demo"] = {
         "rows_generated": len(data.records),
         "rows_sample": r2.inserted,
         "ledger_exact": exact,
+        "reconciled_exact": reconciled_exact,
+        "estimates_superseded": rep.superseded_rows,
+        "estimate_accuracy": [pa.to_json() for pa in rep.accuracy.values()],
         "new_breaches": len(fresh),
+        "stream": {
+            "events": stream.events,
+            "breaches": [b.dedupe_key for b in stream.breaches],
+            "anomalies": [a.dedupe_key for a in stream.anomalies],
+            "ledger_total": stream.ledger_total.to_json(),
+            "exact": stream.exact,
+        },
     }
     print_summary(summary)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +312,7 @@ def demo(
         f"in {time.monotonic() - t0:.1f}s"
     )
     led.close()
-    if not exact:
+    if not (exact and reconciled_exact and stream.exact):
         raise typer.Exit(1)
 
 

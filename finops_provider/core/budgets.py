@@ -132,6 +132,8 @@ class BudgetStatus:
     breaches: list[Breach]
     other_currencies: dict[str, str] = field(default_factory=dict)  # spend in scope not in budget currency
     run_id: str | None = None
+    forecast_model: str = "linear"  # linear | seasonal (core/forecast.py, with >= 14 days of history)
+    forecast_eta: dt.datetime | None = None  # the seasonal model's breach ETA
 
     @property
     def utilisation_pct(self) -> Decimal:
@@ -142,6 +144,8 @@ class BudgetStatus:
         return pct(self.forecast.amount, self.budget.amount)
 
     def eta(self, now: dt.datetime) -> dt.datetime | None:
+        if self.forecast_model == "seasonal":
+            return self.forecast_eta if self.forecast_eta is not None and self.forecast_eta < self.period_end else None
         eta = breach_eta(self.actual, Money(self.budget.amount, self.budget.currency), self.period_start, now)
         return eta if eta is not None and eta < self.period_end else None
 
@@ -159,6 +163,7 @@ class BudgetStatus:
             "utilisation_pct": str(self.utilisation_pct),
             "forecast_pct": str(self.forecast_pct),
             "breach_eta": eta.isoformat() if eta else None,
+            "forecast_model": self.forecast_model,
             "breaches": [b.to_json() for b in self.breaches],
             "other_currencies": self.other_currencies,
         }
@@ -248,6 +253,41 @@ def scope_spend(
     return bag.get(budget.currency), others
 
 
+def scope_daily(ledger: Any, budget: BudgetConfig, start: dt.datetime, end: dt.datetime) -> dict[dt.date, Decimal]:
+    """Daily spend (UTC days) in the budget's scope, basis and currency over ``[start, end)``."""
+    filters: dict[str, Any] = {"start": start, "end": end, "currency": budget.currency}
+    for k, v in budget.scope.items():
+        if k in _SCOPE_FILTERS:
+            filters[_SCOPE_FILTERS[k]] = str(v)
+    cols = [COST_BASES[budget.cost_basis], "charge_period_start"] + (["tags"] if "tag" in budget.scope else [])
+    out: dict[dt.date, Decimal] = {}
+    with localcontext(MONEY_CONTEXT):
+        for row in ledger.rows(cols, **filters):
+            if row[0] is None or ("tag" in budget.scope and not _tag_match(budget.scope, row[2])):
+                continue
+            d = row[1].astimezone(dt.UTC).date()
+            out[d] = out.get(d, Decimal(0)) + row[0]
+    return out
+
+
+def seasonal_forecast(
+    ledger: Any, budget: BudgetConfig, start: dt.datetime, end: dt.datetime, now: dt.datetime, actual: Money
+) -> tuple[Money | None, dt.datetime | None]:
+    """(forecast, breach ETA) from :func:`finops_provider.core.forecast.forecast_period_end` with weekly
+    seasonality; (None, None) when the scope has fewer than 14 days with spend in the last 8 weeks (then the
+    linear burn rate applies)."""
+    from finops_provider.core.forecast import forecast_period_end, has_seasonal_history
+
+    if now >= end:
+        return None, None
+    daily = scope_daily(ledger, budget, min(start, now - dt.timedelta(days=56)), end)
+    if not has_seasonal_history(daily, now):
+        return None, None
+    limit = Money(budget.amount, budget.currency)
+    fc, eta = forecast_period_end(daily, start, end, now, currency=budget.currency, limit=limit)
+    return (fc if fc >= actual else actual), eta
+
+
 class BudgetEngine:
     """Evaluates configured budgets against the ledger (batch feed; streaming uses :func:`evaluate`)."""
 
@@ -279,7 +319,10 @@ class BudgetEngine:
             else:
                 start, end = period_bounds(b.period, now)
                 actual, others = scope_spend(self.ledger, b, start, end)
-                st = evaluate(b, actual, period_start=start, period_end=end, now=now)
+                fc, eta = seasonal_forecast(self.ledger, b, start, end, now, actual)
+                st = evaluate(b, actual, period_start=start, period_end=end, now=now, forecast=fc)
+                if fc is not None:
+                    st.forecast_model, st.forecast_eta = "seasonal", eta
             st.other_currencies = others
             out.append(st)
         return out

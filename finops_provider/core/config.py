@@ -133,11 +133,19 @@ class AttributionConfig(_Frozen):
 
 
 class AnomalyConfig(_Frozen):
+    """``detector: robust`` (default; gates z_threshold, min_change_pct, min_impact) or ``threshold_pct`` (the
+    seed's rule: above ``threshold_pct`` % of the median of ``baseline_periods`` and ``min_impact``)."""
+
+    detector: Literal["robust", "threshold_pct"] = "robust"
     threshold_pct: Decimal = Decimal(150)
     min_impact: Decimal = Decimal(1)
     baseline_periods: int = Field(default=14, ge=3, le=366)
+    z_threshold: float = Field(default=4.0, gt=0)
+    min_change_pct: Decimal = Decimal(30)
+    warmup_periods: int | None = Field(default=None, ge=1)
+    cooldown_periods: int = Field(default=3, ge=0)
 
-    @field_validator("threshold_pct", "min_impact", mode="before")
+    @field_validator("threshold_pct", "min_impact", "min_change_pct", mode="before")
     @classmethod
     def _d(cls, v: Any) -> Decimal:
         return _dec(v, "value")

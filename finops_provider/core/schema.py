@@ -293,3 +293,21 @@ estimate_reconciliation = sa.Table(
     sa.Column("reconciled_at", UTCDateTime(), nullable=False),
     sa.Index("ix_finops_estimate_reconciliation_task", "dag_id", "run_id", "task_id"),
 )
+
+#: Anomaly feedback (issue 8): a user's label on an anomaly (true / false / planned). ``planned`` suppresses the
+#: scope's alerts from ``window_start`` until ``until``. Appended, never updated: the latest label of a key wins.
+anomaly_feedback = sa.Table(
+    "finops_anomaly_feedback",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("dedupe_key", sa.String(400), nullable=False),
+    sa.Column("scope", sa.String(400), nullable=False),  # team=data, dag=etl ...
+    sa.Column("window_start", UTCDateTime(), nullable=False),
+    sa.Column("label", sa.String(16), nullable=False),  # true | false | planned
+    sa.Column("note", sa.Text()),
+    sa.Column("who", sa.String(250)),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("until", UTCDateTime()),  # planned: suppression ends here
+    sa.Index("ix_finops_anomaly_feedback_key", "dedupe_key"),
+    sa.Index("ix_finops_anomaly_feedback_scope", "scope", "label"),
+)

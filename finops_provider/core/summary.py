@@ -11,7 +11,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from finops_provider.core.aggregation import aggregate_ledger
-from finops_provider.core.anomaly import Anomaly, BaselineDetector
+from finops_provider.core.anomaly import Anomaly, detector_from_config
 from finops_provider.core.budgets import BudgetEngine, BudgetStatus, pct, period_bounds
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.money import Money
@@ -70,10 +70,7 @@ def build_summary(
     if statuses is None:
         statuses = BudgetEngine(config, ledger).evaluate_all(now)
     if anomalies is None:
-        a = config.anomaly
-        anomalies = BaselineDetector(a.threshold_pct, a.min_impact, a.baseline_periods).scan(
-            ledger, (now - dt.timedelta(days=1)).date()
-        )
+        anomalies = detector_from_config(config.anomaly).scan(ledger, (now - dt.timedelta(days=1)).date())
     unalloc = {}
     for g in aggregate_ledger(ledger, ["team"], start=start, end=end).groups:
         if g.keys[0] == UNALLOCATED:

@@ -17,6 +17,15 @@ from finops_provider.core.ledger import Ledger
 runner = CliRunner()
 
 
+def sum_column_json(records: list) -> dict[str, str]:
+    from finops_provider.core.money import MoneyBag
+
+    bag = MoneyBag()
+    for cur, amt in sum_column(records).items():
+        bag.add_raw(amt, cur)
+    return bag.to_json()
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     out = tmp_path_factory.mktemp("demo-out")
@@ -41,12 +50,18 @@ def test_demo_figures(demo_run: tuple[Path, str, str]) -> None:
     data = demo.generate(infra_resources=14, rate_card=RateCard.load(cfg.rate_cards["overrides"]))
     led = Ledger(url)
     assert summary["demo"]["rows_generated"] == len(data.records)
-    assert led.count() == len(data.records) + 1000
+    assert summary["demo"]["ledger_exact"] and summary["demo"]["reconciled_exact"]
+    # every estimate was superseded by its billed truth; what stays is the billed rows, to the last digit
+    assert data.estimates and summary["demo"]["estimates_superseded"] == len(data.estimates)
+    assert led.count(source="demo") == len(data.records) - len(data.estimates)
+    assert led.totals(source="demo") == data.expected_after_reconcile
     sample = list(read_focus(demo.sample_path()))
-    want = data.expected
-    for cur, amt in sum_column(sample).items():
-        want.add_raw(amt, cur)
-    assert led.totals() == want
+    assert led.totals(source="focus").to_json() == sum_column_json(sample)
+    # the live stream burst landed exactly once, and found the injected incident as it happened
+    stream = summary["demo"]["stream"]
+    assert stream["exact"] and led.totals(source="stream").to_json() == stream["ledger_total"]
+    assert any(k.startswith("feature-backfill-daily|day:") for k in stream["breaches"])
+    assert led.count() == led.count(source="demo") + 1000 + led.count(source="stream")
     # the month's report totals equal the ledger's for the same period
     start, end = summary["period"]["start"], summary["period"]["end"]
 
@@ -64,7 +79,7 @@ def test_demo_figures(demo_run: tuple[Path, str, str]) -> None:
     from finops_provider.core.allocation import Attributor
 
     attr = Attributor(cfg)
-    recs = [attr.apply(r) for r in data.records]
+    recs = [attr.apply(r) for r in data.records if r.x_cost_kind == "billed"]  # estimates were superseded
     keys = {(b["budget"], b["threshold_pct"], b["basis"]) for b in summary["breaches"]}
     assert ("feature-backfill-daily", "100", "actual") in keys
     scope_attr = {"team": "x_team", "dag": "x_dag_id", "platform": "x_platform"}
