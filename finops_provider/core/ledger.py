@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import operator
 import os
 import uuid
 from collections import Counter
@@ -120,24 +121,31 @@ def _sqlite_time(v: dt.datetime) -> str:
     return v.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+_GET_ALL = operator.attrgetter(*_RECORD_ATTRS)
+_DEC_IDX = tuple(i for i, c in enumerate(COLUMNS) if c.kind in (Kind.MONEY, Kind.DECIMAL))
+_TIME_IDX = tuple(i for i, c in enumerate(COLUMNS) if c.kind is Kind.TIME)
+_TAG_IDX = tuple(i for i, c in enumerate(COLUMNS) if c.kind is Kind.TAGS)
+_BOOL_IDX = tuple(i for i, c in enumerate(COLUMNS) if c.kind is Kind.BOOL)
+
+
 def _record_to_row(r: CostRecord, sqlite: bool) -> dict[str, Any]:
     """Encode a record for :data:`_WRITE_TABLE` (same encoding as the typed columns in schema.py)."""
-    row: dict[str, Any] = {}
-    for a in _RECORD_ATTRS:
-        v = getattr(r, a)
-        if v is None:
-            row[a] = None
-        elif a in _TAG_ATTRS:
-            row[a] = json.dumps(v, sort_keys=True, ensure_ascii=False) if v else None
-        elif sqlite and type(v) is Decimal:
-            row[a] = format(v, "f")
-        elif sqlite and type(v) is dt.datetime:
-            row[a] = _sqlite_time(v)
-        elif a == "x_provisional":
-            row[a] = bool(v)
-        else:
-            row[a] = v
-    return row
+    vals = list(_GET_ALL(r))
+    for i in _TAG_IDX:
+        v = vals[i]
+        vals[i] = json.dumps(v, sort_keys=True, ensure_ascii=False) if v else None
+    for i in _BOOL_IDX:
+        vals[i] = bool(vals[i])
+    if sqlite:
+        for i in _DEC_IDX:
+            v = vals[i]
+            if v is not None:
+                vals[i] = format(v, "f")
+        for i in _TIME_IDX:
+            v = vals[i]
+            if v is not None:
+                vals[i] = _sqlite_time(v)
+    return dict(zip(_RECORD_ATTRS, vals, strict=True))
 
 
 def _row_to_record(m: Any) -> CostRecord:
@@ -159,6 +167,7 @@ class Ledger:
         self.url = url or default_ledger_url()
         self.engine = make_engine(self.url)
         self.dialect = self.engine.dialect.name
+        self._upsert_cache: dict[tuple[str, ...], tuple[str, tuple[str, ...] | None]] = {}
         if migrate:
             self.migrate()
 
@@ -373,16 +382,33 @@ class Ledger:
             else:
                 res.unchanged += 1
         if writes:
-            stmt = insert(_WRITE_TABLE)
-            update_cols = {c.name: stmt.excluded[c.name] for c in _WRITE_TABLE.columns if c.name != "natural_key"}
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["natural_key"],
-                set_=update_cols,
-                where=_WRITE_TABLE.c.content_hash != stmt.excluded.content_hash,
-            )
-            conn.execute(stmt, writes)
+            sql, order = self._upsert_sql(insert, list(writes[0]))
+            # rows are pre-encoded: hand them to the driver's executemany without per-value processing
+            if order is None:
+                conn.exec_driver_sql(sql, writes)
+            else:
+                conn.exec_driver_sql(sql, [tuple(w[k] for k in order) for w in writes])
         if audits:
             conn.execute(cost_line_audit.insert(), audits)
+
+    def _upsert_sql(self, insert: Any, keys: list[str]) -> tuple[str, tuple[str, ...] | None]:
+        """The compiled upsert (cached): SQL text and, for positional paramstyles, the parameter order."""
+        cache_key = tuple(keys)
+        hit = self._upsert_cache.get(cache_key)
+        if hit is not None:
+            return hit
+        stmt = insert(_WRITE_TABLE)
+        update_cols = {c.name: stmt.excluded[c.name] for c in _WRITE_TABLE.columns if c.name != "natural_key"}
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["natural_key"],
+            set_=update_cols,
+            where=_WRITE_TABLE.c.content_hash != stmt.excluded.content_hash,
+        )
+        compiled = stmt.compile(dialect=self.engine.dialect, column_keys=keys)
+        order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
+        out = (str(compiled), order)
+        self._upsert_cache[cache_key] = out
+        return out
 
     def _remove_vanished(
         self,

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -223,15 +224,16 @@ class CostRecord:
 
     def fingerprints(self) -> tuple[str, str]:
         """(identity, content hash) computed in one pass (the ledger needs both for every row)."""
-        # every field is length-prefixed, so no value (whatever characters it holds) can shift into the next
-        dims = "".join([_lp(_enc(getattr(self, a))) for a in _IDENTITY_ATTRS])
-        metrics = "".join([_lp(_enc(getattr(self, a))) for a in _METRIC_ATTRS])
+        # JSON arrays are unambiguous (strings are quoted and escaped, so no value can shift into the next) and
+        # json encodes them in C; Decimals are normalized, so 1.50 and 1.5 are the same amount
+        dims = _json_fields(_IDENTITY_GET(self))
         if self.x_line_item_id:
-            ident_text = f"{_lp(self.x_source)}id{_lp(self.x_line_item_id)}{_lp(_enc(self.charge_period_start))}"
+            ident_text = _json_fields((self.x_source, "id", self.x_line_item_id, self.charge_period_start))
         else:
-            ident_text = f"{_lp(self.x_source)}{dims}"
+            ident_text = _json_fields((self.x_source, dims))
+        content_text = _json_fields((dims, _METRIC_GET(self)))
         ident = hashlib.blake2b(ident_text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-        content = hashlib.blake2b(f"{dims}\x1e{metrics}".encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+        content = hashlib.blake2b(content_text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
         return ident, content
 
     def to_focus_row(self) -> dict[str, Any]:
@@ -244,25 +246,23 @@ class CostRecord:
 
 _IDENTITY_ATTRS = tuple(c.attr for c in COLUMNS if not c.metric and not c.derived)
 _METRIC_ATTRS = tuple(c.attr for c in COLUMNS if c.metric or c.derived)
+_IDENTITY_GET = operator.attrgetter(*_IDENTITY_ATTRS)
+_METRIC_GET = operator.attrgetter(*_METRIC_ATTRS)
 
 
-def _lp(s: str) -> str:
-    return f"{len(s)}:{s}"
+def _json_default(v: Any) -> Any:
+    if type(v) is Decimal:
+        return ["d", format(v.normalize(MONEY_CONTEXT), "f") if v else "0"]  # 60 digits: never rounds an amount
+    if isinstance(v, dt.datetime):
+        return ["t", v.isoformat()]
+    return ["s", str(v)]
 
 
-def _enc(v: Any) -> str:
-    t = type(v)
-    if t is str:
-        return v  # type: ignore[no-any-return]
-    if v is None:
-        return "\x00"
-    if t is Decimal:
-        return format(v.normalize(MONEY_CONTEXT), "f") if v else "0"  # 60 digits: never rounds a stored amount
-    if t is dt.datetime:
-        return v.isoformat()  # type: ignore[no-any-return]
-    if t is dict:
-        return json.dumps(v, sort_keys=True, ensure_ascii=False) if v else "{}"
-    return str(v)
+_FIELDS_ENCODER = json.JSONEncoder(default=_json_default, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_fields(values: Any) -> str:
+    return _FIELDS_ENCODER.encode(values)
 
 
 # --------------------------------------------------------------------- parsing

@@ -261,8 +261,8 @@ def test_finops_stream_survives_kill_9_mid_batch(tmp_path, make_event) -> None:
     alerts = tmp_path / "alerts.jsonl"
     pub = JsonlPublisher(path)
     truth = Decimal(0)
-    n = 6000
-    for i in range(n):  # 2 days of events: several day and month thresholds are crossed on the way
+    n = 12000  # enough that the last kill (past 4,000 rows) always lands before the stream is through
+    for i in range(n):  # 4 days of events: several day and month thresholds are crossed on the way
         ev = make_event(f"0.{i % 97:02d}1", minutes=i / 2, dag_id="ingest_orders" if i % 3 else "ingest_crm")
         pub.publish(ev)
         truth += Decimal(ev["cost"]["amount"])
