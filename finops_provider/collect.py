@@ -105,6 +105,14 @@ def ingest_collected(
     )
 
 
+def tag_filter(tag_key: str, tag_values: Sequence[str] | None) -> Callable[[CostRecord], bool] | None:
+    """The records a collection was asked for (``tag_key`` in ``tag_values``); None when it asked for all."""
+    if not tag_values:
+        return None
+    wanted = set(tag_values)
+    return lambda r: r.tags.get(tag_key) in wanted
+
+
 def get_collector(name: str) -> Callable[..., tuple[CollectResult, IngestResult]]:
     try:
         target = COLLECTORS[name]
@@ -137,12 +145,5 @@ def collect_aws(
 
     hook = hook or AwsCostExplorerHook(aws_conn_id=conn_id or aws_conn_id or "aws_default")
     res = hook.collect(start, end, tag_key=tag_key, tag_values=tag_values, dimension=dimension)
-    wanted = set(tag_values) if tag_values else None
-    ing = ingest_collected(
-        ledger,
-        config,
-        res,
-        overrides=overrides,
-        override_if=(lambda r: r.tags.get(tag_key) in wanted) if wanted is not None else None,
-    )
+    ing = ingest_collected(ledger, config, res, overrides=overrides, override_if=tag_filter(tag_key, tag_values))
     return res, ing

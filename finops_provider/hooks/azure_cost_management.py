@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from airflow.providers.microsoft.azure.hooks.base_azure import AzureBaseHook
 
-from finops_provider.collect import CollectResult, ingest_collected
+from finops_provider.collect import CollectResult, ingest_collected, tag_filter
 from finops_provider.core.focus import BadRow, read_focus
 from finops_provider.core.money import MONEY_CONTEXT, exact_sum, to_decimal
 from finops_provider.core.records import MAX_SCALE, RecordError, build_record
@@ -572,14 +572,7 @@ def collect_azure(
         conn_id=conn_id or AzureCostManagementHook.default_conn_name, scope=scope, **hook_kwargs
     )
     res = hook.collect(start, end, tag_key=tag_key, tag_values=tag_values)
-    wanted = set(tag_values) if tag_values else None
-    ing = ingest_collected(
-        ledger,
-        config,
-        res,
-        overrides=overrides,
-        override_if=(lambda r: r.tags.get(tag_key) in wanted) if wanted is not None else None,
-    )
+    ing = ingest_collected(ledger, config, res, overrides=overrides, override_if=tag_filter(tag_key, tag_values))
     return res, ing
 
 
