@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-long lint bench clean
+.PHONY: venv demo test test-long lint bench clean browser
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -23,11 +23,14 @@ venv: $(VENV)/.synced  ## create .venv from uv.lock (dev group and all extras)
 demo: venv  ## run the main job offline on embedded defaults
 	$(VENV)/bin/finops demo
 
-test: venv  ## the test suite (unit + integration, PostgreSQL and Airflow started by the tests)
+browser:  ## Debian chromium for the dashboard's headless browser test (apt, as root; no-op when present)
+	@if [ -f scripts/ensure_chromium.sh ]; then bash scripts/ensure_chromium.sh; fi
+
+test: venv browser  ## the test suite (unit + integration, PostgreSQL and Airflow started by the tests)
 	$(PY) -m pytest -m "not long" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 
 test-long: venv  ## long fuzz / soak variants
-	$(PY) -m pytest -m long $(PYTEST_ARGS)
+	$(PY) -m pytest -m long $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no long tests" >&2; exit 1; fi; exit $$rc
 
 lint: venv  ## ruff + mypy
 	$(VENV)/bin/ruff check finops_provider tests $(wildcard example_dags bench)

@@ -42,7 +42,8 @@ def main(argv: list[str]) -> int:
         t = time.monotonic()
         proc = subprocess.Popen([sys.executable, str(HERE / script), *args], cwd=HERE, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                                env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                     "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])})  # fmt: skip
         assert proc.stdout is not None
         for line in proc.stdout:
             print(line, end="", flush=True)

@@ -47,10 +47,12 @@ def generate(path: Path, rows: int, seed: int = 7, row_group: int = 1_000_000) -
         dtype=object,
     )  # fmt: skip
     resources = 5000
+    # a resource belongs to one job (tag); a job runs in one account and region and uses one or two services,
+    # as real workloads do (independent random keys would make every resource its own group)
     res_tag = rng.integers(0, len(tags_pool), resources)
-    res_service = rng.integers(0, len(SERVICES), resources)
-    res_account = rng.integers(0, 12, resources)
-    res_region = rng.integers(0, 6, resources)
+    res_service = (res_tag + rng.integers(0, 2, resources)) % len(SERVICES)
+    res_account = res_tag % 12
+    res_region = res_tag % 6
     regions = np.array(["us-east-1", "us-west-2", "eu-west-1", "westeurope", "us-central1", "ap-south-1"], dtype=object)
     truth: dict[str, int] = {"USD": 0, "EUR": 0}
     base = np.datetime64("2026-10-01T00:00:00", "us")

@@ -376,6 +376,18 @@ def main() -> None:
         )
         print(f"        micro-batch processing p50 {bm.get('p50_ms', 0):.1f} ms p99 {bm.get('p99_ms', 0):.1f} ms")
     print("\nJSON " + json.dumps({"engine": e, "state": s, "kafka": results}, default=str))
+    from bench._common import emit
+
+    emit("streaming", f"engine events/s per CPU-second ({e['scopes']:,} scopes)", e["engine_events_per_s"], "events/s",
+         baseline="dict-sum loop", baseline_value=e["baseline_dict_sum_events_per_s"], target=">= 100,000",
+         met=e["engine_events_per_s"] >= 100_000 and bool(e["totals_exact"]))  # fmt: skip
+    emit("streaming", "state per budget scope", s["bytes_per_budget_state"], "B", higher_is_better=False)
+    for k in results:
+        lb, lr = k["latency_breach"], k["latency_bare_consumer"]
+        emit("streaming", f"Kafka produce->breach p99 at {k['rate_target']:,}/s", lb.get("p99_ms", 0), "ms",
+             baseline="bare consumer p99", baseline_value=lr.get("p99_ms"), target="< 50 ms",
+             met=lb.get("p99_ms", 1e9) < 50, higher_is_better=False)  # fmt: skip
+        emit("streaming", f"Kafka consumed at {k['rate_target']:,}/s target", k["rate_consumed"], "events/s")
 
 
 if __name__ == "__main__":
