@@ -16,7 +16,7 @@ from typing import Any
 from finops_provider.core.allocation import Attributor
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.enforcement import EnforcementResult, Subject, enforce
-from finops_provider.core.estimate import SOURCE, TaskCostSpec, TaskTry, estimate
+from finops_provider.core.estimate import SOURCE, TaskCostSpec, TaskTry, estimate, split_by_assets
 from finops_provider.core.ledger import Ledger, finops_home
 from finops_provider.core.outbox import (
     LocalSpool,
@@ -273,22 +273,24 @@ def handle_task_end(context: Mapping[str, Any], defaults: Mapping[str, Any], *, 
     try:
         config = get_config()
         rec = estimate_from_context(context, defaults, config, state)
+        # table-level cost: a task that writes tables (outlets) has its cost split across them, exactly
+        recs = split_by_assets(rec, getattr(context.get("task"), "outlets", None) or [])
     except Exception:
         log.exception("finops: could not estimate the cost of this task try (task not affected)")
         return None
     try:
         ledger = get_ledger(config=config)
     except Exception as e:
-        LocalSpool().put_records([rec], source=SOURCE, scope=f"{SOURCE}:{rec.x_dag_id}")
+        LocalSpool().put_records(recs, source=SOURCE, scope=f"{SOURCE}:{rec.x_dag_id}")
         log.warning("finops: ledger unreachable (%s); estimate spooled locally", type(e).__name__)
         return rec
     with ledger:
         try:
             if (finops_home() / "spool.db").exists():
                 flush_spool(ledger, LocalSpool())
-            ledger.ingest([rec], source=SOURCE, scope=f"{SOURCE}:{rec.x_dag_id}")
+            ledger.ingest(recs, source=SOURCE, scope=f"{SOURCE}:{rec.x_dag_id}")
         except Exception as e:
-            LocalSpool().put_records([rec], source=SOURCE, scope=f"{SOURCE}:{rec.x_dag_id}")
+            LocalSpool().put_records(recs, source=SOURCE, scope=f"{SOURCE}:{rec.x_dag_id}")
             log.warning("finops: ledger write failed (%s); estimate spooled locally", type(e).__name__)
             return rec
         if not act:

@@ -89,3 +89,17 @@ def test_bad_declarations_fail_at_parse_time() -> None:
         finops_default_args(costt="1")
     args = finops_default_args(cost="1")
     assert args["on_success_callback"] == args["on_failure_callback"]
+
+
+def test_cost_is_attributed_to_the_tables_a_task_writes(ledger_url: str) -> None:
+    from airflow.sdk import Asset
+
+    ctx = context()
+    ctx["task"] = SimpleNamespace(outlets=[Asset("s3://lake/orders"), Asset("s3://lake/customers"), "bq://p.d.t"])
+    FinOpsTaskCallback(cost="10")(ctx)
+    FinOpsTaskCallback(cost="10")(ctx)  # the same try again: replaced, not added
+    with Ledger(ledger_url) as led:
+        by_asset = {r.x_asset: r.billed_cost for r in led.records()}
+        assert led.totals().get("USD").amount == Decimal("10")  # the parts add up to the task's cost exactly
+    assert set(by_asset) == {"s3://lake/orders", "s3://lake/customers", "bq://p.d.t"}
+    assert sum(by_asset.values()) == Decimal("10") and max(by_asset.values()) - min(by_asset.values()) < Decimal("1e-9")

@@ -88,3 +88,31 @@ def test_test_connection_reports_failures(httpserver: HTTPServer, monkeypatch: p
     httpserver.expect_request("/auth/token").respond_with_json({"detail": "Invalid credentials"}, status=401)
     ok, msg = AirflowApiHook(airflow_api_conn_id="bad_api").test_connection()
     assert ok is False and "401" in msg and "y" not in msg.split("HTTP")[0]
+
+
+def test_a_human_unpause_is_recorded_once_with_who(api: AirflowApiHook, httpserver: HTTPServer, tmp_path) -> None:
+    import datetime as dt
+
+    from finops_provider.callbacks.runtime import reconcile_unpause
+    from finops_provider.core.ledger import Ledger
+    from finops_provider.core.outbox import events, record_event
+
+    led = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    record_event(led, "pause", actor="finops:etl-day", dag_id="etl", run_id="r1", reason="budget etl-day at 120 %")
+    paused_at = events(led, dag_id="etl", kinds=("pause",))[-1]["at"]
+    # the audit log answer, in the shape of GET /api/v2/eventLogs (newest first)
+    query = {"dag_id": "etl", "order_by": "-when", "limit": "50"}
+    httpserver.expect_request("/api/v2/eventLogs", method="GET", query_string=query).respond_with_json(
+        {"event_logs": [
+            {"event_log_id": 9, "when": "2026-01-05T11:00:00Z", "dag_id": "etl", "event": "patch_dag", "owner": "alice",
+             "extra": '{"is_paused": false, "method": "PATCH"}'},
+            {"event_log_id": 8, "when": "2026-01-05T10:00:00Z", "dag_id": "etl", "event": "patch_dag",
+             "owner": "finops-bot",
+             "extra": '{"is_paused": true, "method": "PATCH"}'},
+        ], "total_entries": 2}
+    )  # fmt: skip
+    assert reconcile_unpause(led, "etl", "r2", paused_at - dt.timedelta(minutes=1)) is False  # run before the pause
+    assert reconcile_unpause(led, "etl", "r2", paused_at + dt.timedelta(hours=1)) is True
+    assert reconcile_unpause(led, "etl", "r3", paused_at + dt.timedelta(hours=2)) is False  # recorded once
+    (ev,) = events(led, dag_id="etl", kinds=("unpause",))
+    assert ev["actor"] == "alice" and ev["run_id"] == "r2"
