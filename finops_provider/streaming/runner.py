@@ -334,8 +334,27 @@ class StreamProcessor:
             )
         return [e for e in unique if e.event_id not in known]
 
+    def _not_planned(self, anomalies: list[Anomaly]) -> list[Anomaly]:
+        """Drop anomalies of a scope a user labelled ``planned`` for that time (the batch detectors do the same)."""
+        if not anomalies:
+            return anomalies
+        from finops_provider.core.anomaly import planned_windows, scope_text
+
+        windows = planned_windows(self.ledger)
+        if not windows:
+            return anomalies
+        kept = []
+        for a in anomalies:
+            spans = windows.get(scope_text(a.scope), [])
+            if any(lo <= a.window_start < hi for lo, hi in spans):
+                log.info("stream %s: anomaly %s suppressed (planned activity)", self.consumer, a.dedupe_key)
+                continue
+            kept.append(a)
+        return kept
+
     def _write_feed(self, conn: sa.Connection, breaches: list[Breach], anomalies: list[Anomaly]) -> list[Anomaly]:
         """Feed rows for breaches and anomalies; returns the anomalies that are new in the feed."""
+        anomalies = self._not_planned(anomalies)
         at = dt.datetime.now(dt.UTC)
         clock = self.engine.clock
         rows = [
