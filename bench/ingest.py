@@ -151,6 +151,7 @@ def run_ours(path: Path, workdir: Path) -> tuple[dict[str, Decimal], int]:
     )
     led = Ledger(f"sqlite:///{workdir / 'ledger.db'}")
     res, _ = ingest_focus_bulk(led, [path], cfg)
+    print("  phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in res.phases.items()), flush=True)
     totals = {m.currency: m.amount for m in led.totals().items()}
     groups = len(res.records)
     led.reset()
