@@ -69,7 +69,8 @@ def get_provider_info() -> dict[str, Any]:
             "finops_provider.notifications.servicenow.FinOpsServiceNowNotifier",
         ],
         "plugins": [
-            {"name": "finops_listener", "plugin-class": "finops_provider.plugins.finops_plugin.FinOpsListenerPlugin"}
+            {"name": "finops_listener", "plugin-class": "finops_provider.plugins.finops_plugin.FinOpsListenerPlugin"},
+            {"name": "finops_dashboard", "plugin-class": "finops_provider.plugins.finops_plugin.FinOpsDashboardPlugin"},
         ],
         "connection-types": [
             {

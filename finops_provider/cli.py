@@ -307,9 +307,12 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(render_markdown(summary), encoding="utf-8")
     (out / "summary.json").write_text(render_json(summary), encoding="utf-8")
+    from finops_provider.reports.html import write_demo_html
+
+    html = write_demo_html(summary, out)
     console.print(
-        f"\nwrote [bold]{out / 'summary.md'}[/bold] and [bold]{out / 'summary.json'}[/bold] "
-        f"in {time.monotonic() - t0:.1f}s"
+        f"\nwrote [bold]{out / 'summary.md'}[/bold], [bold]{out / 'summary.json'}[/bold] and "
+        f"[bold]{html}[/bold] (self-contained HTML report with charts) in {time.monotonic() - t0:.1f}s"
     )
     led.close()
     if not (exact and reconciled_exact and stream.exact):
@@ -401,18 +404,18 @@ def export(
 
 @app.command()
 def report(
-    fmt: Annotated[str, typer.Option("--format", help="md or json")] = "md",
+    fmt: Annotated[str, typer.Option("--format", help="md, json or html")] = "md",
     period: Annotated[str, typer.Option(help="day, week or month")] = "month",
     at: Annotated[str | None, typer.Option(help="a date inside the period (default: now)")] = None,
     out: Annotated[Path | None, typer.Option(help="write to this file instead of stdout")] = None,
     config: ConfigOpt = None,
     ledger: LedgerOpt = None,
 ) -> None:
-    """Executive summary from the ledger, as Markdown or JSON."""
+    """Executive summary from the ledger, as Markdown, JSON or a self-contained HTML report with charts."""
     from finops_provider.core.summary import build_summary, render_json, render_markdown
 
-    if fmt not in ("md", "json"):
-        err.print(f"[red]--format[/red]: {fmt!r}; use md or json")
+    if fmt not in ("md", "json", "html"):
+        err.print(f"[red]--format[/red]: {fmt!r}; use md, json or html")
         raise typer.Exit(2)
     if period not in ("day", "week", "month"):
         err.print(f"[red]--period[/red]: {period!r}; use day, week or month")
@@ -421,7 +424,12 @@ def report(
     led = _ledger(ledger, cfg)
     now = _parse_day(at, "--at") + dt.timedelta(hours=23, minutes=59) if at else dt.datetime.now(dt.UTC)
     summary = build_summary(led, cfg, now=now, period=period)
-    text = render_markdown(summary) if fmt == "md" else render_json(summary)
+    if fmt == "html":
+        from finops_provider.reports.html import render_html
+
+        text = render_html(summary)
+    else:
+        text = render_markdown(summary) if fmt == "md" else render_json(summary)
     if out:
         out.write_text(text, encoding="utf-8")
         console.print(f"wrote {out}")

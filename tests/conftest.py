@@ -39,6 +39,8 @@ pytest_plugins = [
     "tests.fixtures.bigquery",
     "tests.fixtures.synapse",
     "tests.fixtures.fabric",
+    "tests.fixtures.reports",
+    "tests.fixtures.dashboard",
 ]
 
 DATA_DIR = Path(__file__).parent / "data"

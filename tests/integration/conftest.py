@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,10 @@ IT_DAGS = (
     "finops_it_flush",
     "finops_it_plain",
     "finops_it_gate",
+    "finops_it_aggregation",
 )
+#: DAG files of other suites copied next to finops_it_dags.py
+EXTRA_DAG_FILES = ("finops_it_aggregation.py",)
 
 
 def free_port() -> int:
@@ -53,7 +56,16 @@ class AirflowServer:
     log_path: Path
     password: str
     peers: Peers
+    users: dict[str, str] = field(default_factory=dict)
     _token: str | None = None
+
+    def token_for(self, username: str) -> str:
+        """A JWT of another configured user (``viewer``, ``norole``)."""
+        r = httpx.post(
+            f"{self.base}/auth/token", json={"username": username, "password": self.users[username]}, timeout=30
+        )
+        r.raise_for_status()
+        return str(r.json()["access_token"])
 
     def token(self) -> str:
         if self._token is None:
@@ -149,12 +161,16 @@ def airflow(peers: Peers) -> Iterator[AirflowServer]:
     (home / "dags").mkdir(parents=True)
     (home / "plugins").mkdir()
     shutil.copy(HERE / "dags" / "finops_it_dags.py", home / "dags" / "finops_it_dags.py")
-    # the listener plugin, as the airflow.plugins entry point would register it once installed
+    for extra in EXTRA_DAG_FILES:  # other suites' DAG files (the aggregation DAG)
+        shutil.copy(HERE / "dags" / extra, home / "dags" / extra)
+    # the listener and dashboard plugins, as the airflow.plugins entry points register them once installed
     (home / "plugins" / "finops_listener_plugin.py").write_text(
-        "from finops_provider.plugins.finops_plugin import FinOpsListenerPlugin  # noqa: F401\n"
+        "from finops_provider.plugins.finops_plugin import FinOpsDashboardPlugin, FinOpsListenerPlugin  # noqa: F401\n"
     )
     password = "it-" + os.urandom(8).hex()
-    (root / "passwords.json").write_text(json.dumps({"admin": password}))
+    # "viewer" may read DAGs; "norole" is a user the simple auth manager authorizes for nothing (403s)
+    users = {"admin": password, "viewer": "vw-" + os.urandom(8).hex(), "norole": "nr-" + os.urandom(8).hex()}
+    (root / "passwords.json").write_text(json.dumps(users))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     ledger_url = f"sqlite:///{root / 'ledger.db'}"
@@ -171,7 +187,7 @@ def airflow(peers: Peers) -> Iterator[AirflowServer]:
         AIRFLOW__CORE__PARALLELISM="8",
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer,norole:",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(root / "passwords.json"),
         AIRFLOW__API__HOST="127.0.0.1",
         AIRFLOW__API__PORT=str(port),
@@ -211,7 +227,7 @@ def airflow(peers: Peers) -> Iterator[AirflowServer]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    server = AirflowServer(base, home, ledger_url, log_path, password, peers)
+    server = AirflowServer(base, home, ledger_url, log_path, password, peers, users=users)
     try:
         server.wait(
             "the API server",

@@ -13,7 +13,7 @@ from finops_provider.streaming.demo import run_embedded_demo
 
 
 def _scopes(res) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
-    return [dict(a.scope) for a in res.anomalies]
+    return sorted((dict(a.scope) for a in res.anomalies), key=lambda s: sorted(s.items()))
 
 
 def test_planned_label_suppresses_stream_anomalies(tmp_path: Path) -> None:
