@@ -339,8 +339,21 @@ def _parse_tags(value: Any) -> dict[str, str]:
         vs = "" if v is None else (v if isinstance(v, str) else json.dumps(v))
         if len(ks) > 256 or len(vs) > 1024:
             raise RecordError("Tags", f"tag {ks[:30]!r} is too long (keys <= 256, values <= 1024 characters)")
+        if not (is_utf8(ks) and is_utf8(vs)):
+            raise RecordError("Tags", f"tag {ks[:30]!r} is not valid UTF-8 text; export the file as UTF-8")
         out[ks] = vs
     return out
+
+
+def is_utf8(s: str) -> bool:
+    """False for text holding lone surrogates (invalid UTF-8 read with ``surrogateescape``, or ``\\udcxx`` in JSON)."""
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_null(v: Any) -> bool:
@@ -380,6 +393,8 @@ def record_from_mapping(row: Mapping[str, Any], *, defaults: Mapping[str, Any] |
             s = raw if isinstance(raw, str) else str(raw)
             if len(s) > MAX_TEXT:
                 raise RecordError(col.focus, f"value of {len(s)} characters is longer than {MAX_TEXT}")
+            if not is_utf8(s):
+                raise RecordError(col.focus, "is not valid UTF-8 text; export the file as UTF-8")
             kw[attr] = s
     return build_record(**kw)
 

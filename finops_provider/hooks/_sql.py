@@ -19,11 +19,17 @@ from finops_provider.core.pricing import RateCard
 _IDENT_RE = re.compile(r'^[A-Za-z0-9_$."`\-]+$')
 
 
-def fetch_dicts(connection: Any, sql: str) -> list[dict[str, Any]]:
-    """Run ``sql`` on a DB-API connection; rows as dicts keyed by lower-cased column names."""
+def fetch_dicts(connection: Any, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    """Run ``sql`` on a DB-API connection; rows as dicts keyed by lower-cased column names.
+
+    :param params: bound parameters in the connection's paramstyle (user text never goes into ``sql``).
+    """
     cur = connection.cursor()
     try:
-        cur.execute(sql)
+        if params is None:
+            cur.execute(sql)
+        else:
+            cur.execute(sql, params)
         cols = [str(d[0]).lower() for d in cur.description or ()]
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
     finally:

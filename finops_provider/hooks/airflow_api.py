@@ -29,6 +29,15 @@ class AirflowApiError(RuntimeError):
         self.status = status
 
 
+def _segment(value: str, what: str) -> str:
+    """One URL path segment that addresses exactly ``value``: percent-encoded, and ``.`` / ``..`` encoded too,
+    since HTTP clients resolve dot segments (``/dags/.`` would become ``/dags/``: every DAG)."""
+    if not value:
+        raise ValueError(f"{what} is empty; the Airflow API needs the exact id")
+    seg = quote(value, safe="")
+    return seg.replace(".", "%2E") if seg in (".", "..") else seg
+
+
 def _retryable(e: BaseException) -> bool:
     if isinstance(e, AirflowApiError):
         return e.status >= 500 or e.status == 429
@@ -123,7 +132,7 @@ class AirflowApiHook(BaseHook):
     # ---------------------------------------------------------------------- operations
     @staticmethod
     def _dag_path(dag_id: str) -> str:
-        return f"/api/v2/dags/{quote(dag_id, safe='')}"
+        return f"/api/v2/dags/{_segment(dag_id, 'dag_id')}"
 
     def get_dag(self, dag_id: str) -> dict[str, Any]:
         return dict(self.request("GET", self._dag_path(dag_id)))
@@ -137,11 +146,12 @@ class AirflowApiHook(BaseHook):
         )
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        path = f"{self._dag_path(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances"
+        path = f"{self._dag_path(dag_id)}/dagRuns/{_segment(run_id, 'run_id')}/taskInstances"
         return list(self.request("GET", path, params={"limit": 1000}).get("task_instances", []))
 
     def set_task_state(self, dag_id: str, run_id: str, task_id: str, state: str, map_index: int = -1) -> Any:
-        path = f"{self._dag_path(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/{quote(task_id, safe='')}"
+        run, task = _segment(run_id, "run_id"), _segment(task_id, "task_id")
+        path = f"{self._dag_path(dag_id)}/dagRuns/{run}/taskInstances/{task}"
         if map_index >= 0:
             path += f"/{map_index}"
         return self.request("PATCH", path, json={"new_state": state})

@@ -14,6 +14,7 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
 from finops_provider.collect import CollectResult
+from finops_provider.core.focus import BadRow
 from finops_provider.core.records import CostRecord, RecordError, build_record
 from finops_provider.core.retry import RetryPolicy, call_with_retry
 
@@ -36,6 +37,23 @@ _RETRYABLE_CODES = {
     "InternalServerError",
     "InternalFailure",
 }
+
+
+#: error codes meaning the connection's credentials were refused (renewing them is the fix, retrying is not)
+_CREDENTIAL_CODES = {
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "RequestExpired",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "AccessDeniedException",
+}
+
+
+class CredentialsError(PermissionError):
+    """The AWS connection's credentials were refused; the message names the connection (never the secret)."""
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -98,9 +116,19 @@ class AwsCostExplorerHook(AwsBaseHook):
             self.requests_made += 1
             return self.conn.get_cost_and_usage(**params)  # type: ignore[no-any-return]
 
-        return call_with_retry(
-            once, what="Cost Explorer GetCostAndUsage", is_retryable=_is_retryable, policy=self.retry_policy
-        )
+        try:
+            return call_with_retry(
+                once, what="Cost Explorer GetCostAndUsage", is_retryable=_is_retryable, policy=self.retry_policy
+            )
+        except Exception as e:
+            resp = getattr(e, "response", None)
+            code = resp.get("Error", {}).get("Code", "") if isinstance(resp, dict) else ""
+            if code in _CREDENTIAL_CODES:
+                raise CredentialsError(
+                    f"Cost Explorer refused the credentials of connection {self.aws_conn_id!r} ({code}); renew or "
+                    "fix that connection's keys / role (it needs ce:GetCostAndUsage)"
+                ) from e
+            raise
 
     def iter_results(
         self,
@@ -169,9 +197,13 @@ class AwsCostExplorerHook(AwsBaseHook):
             group_by=group_by,
             filter_expression=flt,
         ):
-            res.records.extend(
-                self._period_records(period, tag_key, dimension, granularity, cost_metric, effective_metric, account)
-            )
+            for item in self._period_records(
+                period, tag_key, dimension, granularity, cost_metric, effective_metric, account
+            ):
+                if isinstance(item, BadRow):  # quarantined in the same ledger batch; the valid groups land
+                    res.bad_rows.append(item)
+                else:
+                    res.records.append(item)
         res.requests = self.requests_made - before
         res.provisional = sum(1 for r in res.records if r.x_provisional)
         s, e = _day(start), _day(end)
@@ -202,10 +234,10 @@ class AwsCostExplorerHook(AwsBaseHook):
         cost_metric: str,
         effective_metric: str,
         account: str | None,
-    ) -> Iterator[CostRecord]:
+    ) -> Iterator[CostRecord | BadRow]:
         tp = period["TimePeriod"]
         estimated = bool(period.get("Estimated", False))
-        for g in period.get("Groups", []):
+        for n, g in enumerate(period.get("Groups", []), start=1):
             keys = g.get("Keys", [])
             tag_part = keys[0] if keys else ""
             value = tag_part.split("$", 1)[1] if "$" in tag_part else tag_part
@@ -213,10 +245,11 @@ class AwsCostExplorerHook(AwsBaseHook):
             metrics = g.get("Metrics", {})
             cost = metrics.get(cost_metric) or {"Amount": "0", "Unit": "USD"}
             eff = metrics.get(effective_metric) or cost
+            cost, eff = (m if isinstance(m, dict) else {"Amount": m} for m in (cost, eff))  # wrong types: bad rows
             try:
                 yield build_record(
-                    billed_cost=cost["Amount"],
-                    effective_cost=eff["Amount"],
+                    billed_cost=cost.get("Amount"),
+                    effective_cost=eff.get("Amount"),
                     billing_currency=cost.get("Unit", "USD"),
                     charge_period_start=tp["Start"],
                     charge_period_end=tp["End"],
@@ -236,7 +269,12 @@ class AwsCostExplorerHook(AwsBaseHook):
                     x_line_item_id=f"{granularity}|{tag_key}={value}|{dimension}={dim_value}",
                 )
             except RecordError as e:
-                raise RecordError(e.field, f"Cost Explorer group {keys!r} in {tp}: {e.message}") from None
+                yield BadRow(
+                    n,  # the group's position in its period
+                    e.field,
+                    f"Cost Explorer group {keys!r} in {tp}: {e.message}",
+                    {"TimePeriod": tp, "Keys": keys, "Metrics": metrics},
+                )
 
     def test_connection(self) -> tuple[bool, str]:
         """Make one cheap Cost Explorer call (one day, no grouping)."""

@@ -107,7 +107,7 @@ class DatabricksCostHook(DatabricksSqlHook):
         c = self.catalog_name
         extra = ""
         if job_run_id is not None:
-            if not str(job_run_id).isdigit():
+            if not (str(job_run_id).isascii() and str(job_run_id).isdigit()):  # ASCII: "１２" is "digits" too
                 raise ValueError(f"job_run_id must be digits, got {job_run_id!r}")
             extra = f" AND u.usage_metadata.job_run_id = '{job_run_id}'"
         return self._rows(

@@ -87,10 +87,10 @@ class SnowflakeCostHook(SnowflakeHook):
         self.rate_card = rate_card or RateCard.load()
         self._dbapi = connection
 
-    def _rows(self, sql: str) -> list[dict[str, Any]]:
+    def _rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         if self._dbapi is None:
             self._dbapi = self.get_conn()
-        return fetch_dicts(self._dbapi, sql)
+        return fetch_dicts(self._dbapi, sql, params)
 
     def credit_price(self, day: dt.date) -> Any:
         return self.rate_card.price(PLATFORM, f"CREDIT_{self.edition}", on=day)
@@ -229,13 +229,16 @@ class SnowflakeCostHook(SnowflakeHook):
             bad = [q for q in query_ids if not q or not set(q) <= _QID_CHARS]
             if bad:
                 raise ValueError(f"not Snowflake query ids: {bad[:3]}")
-            where = "query_id IN (" + ", ".join(f"'{q}'" for q in query_ids) + ")"
+            where, params = "query_id IN (" + ", ".join(f"'{q}'" for q in query_ids) + ")", None
         else:
             assert query_tag is not None
-            where = "query_tag = '" + query_tag.replace("'", "''") + "'"
+            # a bound parameter (pyformat, the connector's default): Snowflake string literals treat a
+            # backslash as an escape, so quoting the tag into the text could be broken out of
+            where, params = "query_tag = %(query_tag)s", {"query_tag": query_tag}
         rows = self._rows(
             "SELECT query_id, warehouse_name, warehouse_size, execution_time, total_elapsed_time "
-            f"FROM {self.query_history} WHERE {where}"
+            f"FROM {self.query_history} WHERE {where}",
+            params,
         )
         sizes = self.rate_card.rate(PLATFORM, "warehouse_credits_per_hour")
         credits = Decimal(0)

@@ -41,7 +41,7 @@ from finops_provider.core.allocation import Attributor
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.money import MoneyError, check_currency, to_decimal
 from finops_provider.core.pricing import PriceNotFoundError, RateCard
-from finops_provider.core.records import MAX_TAGS, CostRecord, RecordError, check_magnitude, parse_time
+from finops_provider.core.records import MAX_TAGS, CostRecord, RecordError, check_magnitude, is_utf8, parse_time
 
 SCHEMA_VERSION = 1
 #: messages larger than this are dead-lettered unread
@@ -103,6 +103,8 @@ def _text(obj: Mapping[str, Any], key: str, *, required: bool = False, limit: in
         raise _Bad(key, f"expected a string, got {type(v).__name__}")
     if len(v) > limit:
         raise _Bad(key, f"{len(v)} characters is longer than the {limit} allowed")
+    if not is_utf8(v):
+        raise _Bad(key, "is not valid UTF-8 text (a lone surrogate such as \\udcff); send UTF-8 strings")
     return v
 
 
@@ -136,6 +138,8 @@ def _tags(v: Any) -> dict[str, str]:
         s = "" if val is None else val if isinstance(val, str) else json.dumps(val, default=str)
         if len(k) > 256 or len(s) > 1024:
             raise _Bad("attribution.tags", f"tag {k[:30]!r} is too long (keys <= 256, values <= 1024 characters)")
+        if not (is_utf8(str(k)) and is_utf8(s)):
+            raise _Bad("attribution.tags", f"tag {k[:30]!r} is not valid UTF-8 text; send UTF-8 strings")
         out[str(k)] = s
     return out
 
