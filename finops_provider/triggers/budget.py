@@ -56,6 +56,21 @@ def billing_final(source: str, start: str, end: str, *, ledger_url: str | None =
     return {"ok": rows > 0 and provisional == 0, "source": source, "rows": rows, "provisional": provisional}
 
 
+async def _poll(self: Any) -> AsyncIterator[TriggerEvent]:
+    """The triggers' loop: run ``self.check()`` in a thread every ``poll_interval`` until its state is ``ok``
+    (success event) or it raises (error event)."""
+    while True:
+        try:
+            state = await asyncio.to_thread(self.check)
+        except Exception as e:
+            yield TriggerEvent({"status": "error", "message": f"{type(e).__name__}: {e}"})
+            return
+        if state["ok"]:
+            yield TriggerEvent({"status": "success", **state})
+            return
+        await asyncio.sleep(self.poll_interval)
+
+
 class BudgetHeadroomTrigger(BaseTrigger):
     """Fires when ``budget``'s actual spend is below ``below_pct`` % (new period, raised budget, restated bill).
 
@@ -89,24 +104,13 @@ class BudgetHeadroomTrigger(BaseTrigger):
             },
         )
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        while True:
-            try:
-                state = await asyncio.to_thread(
-                    budget_headroom,
-                    self.budget,
-                    self.below_pct,
-                    config_path=self.config_path,
-                    ledger_url=self.ledger_url,
-                )
-            except Exception as e:
-                yield TriggerEvent({"status": "error", "message": f"{type(e).__name__}: {e}"})
-                return
-            if state["ok"]:
-                yield TriggerEvent({"status": "success", **state})
-                return
+    def check(self) -> dict[str, Any]:
+        state = budget_headroom(self.budget, self.below_pct, config_path=self.config_path, ledger_url=self.ledger_url)
+        if not state["ok"]:
             self.log.info("budget %s at %s %%: waiting for headroom", self.budget, state["utilisation_pct"])
-            await asyncio.sleep(self.poll_interval)
+        return state
+
+    run = _poll
 
 
 class BillingFreshnessTrigger(BaseTrigger):
@@ -134,16 +138,7 @@ class BillingFreshnessTrigger(BaseTrigger):
             },
         )
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        while True:
-            try:
-                state = await asyncio.to_thread(
-                    billing_final, self.source, self.start, self.end, ledger_url=self.ledger_url
-                )
-            except Exception as e:
-                yield TriggerEvent({"status": "error", "message": f"{type(e).__name__}: {e}"})
-                return
-            if state["ok"]:
-                yield TriggerEvent({"status": "success", **state})
-                return
-            await asyncio.sleep(self.poll_interval)
+    def check(self) -> dict[str, Any]:
+        return billing_final(self.source, self.start, self.end, ledger_url=self.ledger_url)
+
+    run = _poll
