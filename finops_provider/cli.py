@@ -226,7 +226,7 @@ def demo(
 
     t0 = time.monotonic()
     cfg = load_config(demo_mod.demo_config_path())
-    rc = RateCard.load(cfg.rate_cards.get("overrides"))
+    rc = RateCard.for_config(cfg)
     url = ledger or f"sqlite:///{finops_home() / 'demo' / 'ledger.db'}"
     led = Ledger(url)
     led.reset()
@@ -448,7 +448,7 @@ def validate_config(path: Path) -> None:
     from finops_provider.core.pricing import RateCard
 
     try:
-        RateCard.load(cfg.rate_cards.get("overrides"))
+        RateCard.for_config(cfg)
     except ValueError as e:
         err.print(f"[red]invalid[/red]\n{path}: {e}")
         raise typer.Exit(2) from None

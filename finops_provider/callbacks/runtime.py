@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 from finops_provider.core.allocation import Attributor
@@ -49,13 +48,8 @@ def api_base_url() -> str | None:
         return None
 
 
-@lru_cache(maxsize=4)
-def _rate_card(overrides_json: str) -> RateCard:
-    return RateCard.load(json.loads(overrides_json))
-
-
 def rate_card(config: FinOpsConfig) -> RateCard:
-    return _rate_card(json.dumps(config.rate_cards.get("overrides", []), sort_keys=True, default=str))
+    return RateCard.for_config(config)  # cached per distinct overrides
 
 
 def outbox_for(ledger: Ledger) -> Outbox:

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 
-from finops_provider.core.money import MONEY_CONTEXT, check_currency, to_decimal
+from finops_provider.core.money import MONEY_CONTEXT, Money, check_currency, to_decimal
+from finops_provider.core.platforms import estimate_line_item_id, estimate_record
 from finops_provider.core.pricing import RateCard
-from finops_provider.core.records import CostRecord, build_record
+from finops_provider.core.records import CostRecord
 
 SOURCE = "airflow-estimate"
 _SECONDS_PER_HOUR = Decimal(3600)
@@ -82,7 +83,7 @@ class TaskTry:
 
     @property
     def line_item_id(self) -> str:
-        return f"{self.dag_id}/{self.run_id}/{self.task_id}/{self.map_index}/{self.try_number}"
+        return estimate_line_item_id(self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number)
 
 
 def estimate(t: TaskTry, spec: TaskCostSpec, rate_card: RateCard) -> CostRecord:
@@ -99,38 +100,20 @@ def estimate(t: TaskTry, spec: TaskCostSpec, rate_card: RateCard) -> CostRecord:
         currency = price.amount.currency
         unit, platform, price_txt = price.unit, spec.platform, price.describe()
         desc = f"{seconds}s x {spec.quantity_per_hour} {price.unit}/h"
-    tags = dict(t.tags)
-    tags.update({"airflow_dag_id": t.dag_id, "airflow_task_id": t.task_id, "airflow_run_id": t.run_id})
-    tags["airflow_state"] = t.state
-    if price_txt:
-        tags["finops_price"] = price_txt
-    return build_record(
-        billed_cost=amount,
-        effective_cost=amount,
-        list_cost=amount,
-        billing_currency=currency,
-        charge_period_start=t.start,
-        charge_period_end=max(t.end, t.start),
-        charge_category="Usage",
-        charge_description=f"Airflow task {t.task_id} try {t.try_number}: {desc}",
-        pricing_quantity=qty,
-        pricing_unit=unit,
-        provider_name=platform,
-        service_name=platform,
-        sku_id=None if spec.cost is not None else spec.sku,
+    return estimate_record(
+        t,
+        platform=platform,
+        cost=Money(amount, currency),
+        quantity=qty,
+        unit=unit,
+        sku=None if spec.cost is not None else spec.sku,
+        description=desc,
+        price_text=price_txt,
+        tags={"airflow_state": t.state},
         resource_id=t.resource_id,
         resource_type=t.resource_type,
-        tags=tags,
-        x_line_item_id=t.line_item_id,
-        x_source=SOURCE,
-        x_platform=platform,
-        x_cost_kind="estimate",
-        x_dag_id=t.dag_id,
-        x_task_id=t.task_id,
-        x_run_id=t.run_id,
-        x_job_id=t.dag_id,
-        x_team=spec.team or t.team,
-        x_cost_center=spec.cost_center or t.cost_center,
+        team=spec.team,
+        cost_center=spec.cost_center,
     )
 
 

@@ -208,11 +208,16 @@ def estimate_record(
     price_text: str | None = None,
     tags: Mapping[str, str] | None = None,
     resource_id: str | None = None,
+    resource_type: str | None = None,
     service_name: str | None = None,
+    team: str | None = None,
+    cost_center: str | None = None,
 ) -> Any:
-    """The estimate record of one task try (``x_cost_kind="estimate"``, line item ``dag/run/task/map/try``).
+    """The estimate record of one task try (``x_cost_kind="estimate"``, line item ``dag/run/task/map/try``): the one
+    builder every estimator uses (the task callback's duration x rate, and each platform hook's estimate).
 
     :param task: a :class:`finops_provider.core.estimate.TaskTry`.
+    :param team: / :param cost_center: override the task's own attribution.
     """
     from finops_provider.core.estimate import SOURCE
     from finops_provider.core.records import build_record
@@ -238,6 +243,7 @@ def estimate_record(
         service_name=service_name or platform,
         sku_id=sku,
         resource_id=resource_id,
+        resource_type=resource_type,
         tags=t,
         x_line_item_id=estimate_line_item_id(task.dag_id, task.run_id, task.task_id, task.map_index, task.try_number),
         x_source=SOURCE,
@@ -247,8 +253,8 @@ def estimate_record(
         x_task_id=task.task_id,
         x_run_id=task.run_id,
         x_job_id=task.dag_id,
-        x_team=getattr(task, "team", None),
-        x_cost_center=getattr(task, "cost_center", None),
+        x_team=team or getattr(task, "team", None),
+        x_cost_center=cost_center or getattr(task, "cost_center", None),
     )
 
 

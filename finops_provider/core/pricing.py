@@ -7,6 +7,8 @@ The package ships one YAML card per platform (``ratecards/*.yaml``); users overr
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
@@ -135,6 +137,13 @@ class RateCard:
             ov.extend(ps)
         return cls(prices, rates, ov)
 
+    @classmethod
+    def for_config(cls, config: Any) -> RateCard:
+        """The shipped cards with ``config``'s ``rate_cards.overrides`` (cached per distinct overrides: the task
+        callback asks for it on every task end)."""
+        overrides = (config.rate_cards if config is not None else {}).get("overrides") or []
+        return _card_for(json.dumps(overrides, sort_keys=True, default=str))
+
     def price(self, platform: str, sku: str, *, region: str | None = None, on: dt.date | None = None) -> Price:
         """The price in force for ``platform``/``sku`` in ``region`` on ``on`` (default today).
 
@@ -170,6 +179,11 @@ class RateCard:
 
     def all_prices(self) -> list[Price]:
         return list(self._overrides) + list(self._prices)
+
+
+@functools.lru_cache(maxsize=16)
+def _card_for(overrides_json: str) -> RateCard:
+    return RateCard.load(json.loads(overrides_json))
 
 
 def decimal_rate(value: Any) -> Decimal:

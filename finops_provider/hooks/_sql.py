@@ -45,4 +45,4 @@ def identifier(name: str, what: str) -> str:
 
 def rate_card_for(config: FinOpsConfig | None) -> RateCard:
     """The shipped rate cards with the config's overrides (the one price source of every hook)."""
-    return RateCard.load((config or FinOpsConfig()).rate_cards.get("overrides"))
+    return RateCard.for_config(config)

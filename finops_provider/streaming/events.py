@@ -174,7 +174,7 @@ class EventDecoder:
     @property
     def rate_card(self) -> RateCard:
         if self._rate_card is None:
-            self._rate_card = RateCard.load(self.config.rate_cards.get("overrides"))
+            self._rate_card = RateCard.for_config(self.config)
         return self._rate_card
 
     def decode(self, raw: bytes | str, position: str = "") -> StreamEvent | DeadLetter:
