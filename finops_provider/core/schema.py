@@ -216,6 +216,20 @@ stream_event = sa.Table(
     sa.Column("event_time", UTCDateTime(), nullable=False),
     sa.Column("late", sa.Boolean(), nullable=False),  # beyond allowed lateness: ledger only, batch picks it up
     sa.Column("received_at", UTCDateTime(), nullable=False),
+    # 0006: order of application (engine snapshots record the last seq they include; later events are replayed)
+    sa.Column("seq", sa.BigInteger()),
+    # 0006: the event's cost reaches finops_cost_line as part of one line per attribution, hour and fold
+    sa.Column("payload", sa.Text()),  # the event as received (JSON), to replay or fold it after a crash
+    sa.Column("line_key", sa.String(64)),  # the cost line it folds into (attribution + hour)
+    sa.Column("folded", sa.String(64)),  # the fold that wrote it to finops_cost_line; NULL = not yet
+    sa.Index(
+        "ix_finops_stream_event_unfolded",
+        "consumer",
+        "line_key",
+        sqlite_where=sa.text("folded IS NULL"),
+        postgresql_where=sa.text("folded IS NULL"),
+    ),
+    sa.Index("ix_finops_stream_event_seq", "consumer", "seq"),
 )
 
 #: Streaming: malformed, oversized or unpriceable messages with the reason (one row per source position).

@@ -329,12 +329,16 @@ class StreamEngine:
         return cls(config.budgets, StreamSettings.from_config(config, **settings))
 
     # --------------------------------------------------------------- hot path
-    def apply(self, records: Iterable[CostRecord], partition: str = "") -> list[bool]:
+    def apply(
+        self, records: Iterable[CostRecord], partition: str = "", late: Sequence[bool] | None = None
+    ) -> list[bool]:
         """Count records of one source partition; returns, per record, True when it was late (not counted).
 
         The watermark is the minimum over the active partitions of their latest event time, minus the allowed
         lateness (so a backlog replayed partition by partition is not late), and it only moves forward; it is
         updated after each call. Events older than it are late.
+
+        :param late: replaying after a crash: the lateness decided when these events were first applied.
         """
         out: list[bool] = []
         append = out.append
@@ -344,9 +348,9 @@ class StreamEngine:
         adims = self._adims
         eval_add = self._eval_dirty_a.add
         with localcontext(MONEY_CONTEXT):
-            for r in records:
+            for i, r in enumerate(records):
                 t = r.charge_period_start
-                if wm is not None and t < wm:
+                if late[i] if late is not None else (wm is not None and t < wm):
                     stats.late += 1
                     append(True)
                     continue

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from finops_provider.core.ledger import Ledger
-from finops_provider.core.schema import stream_checkpoint, stream_dead_letter, stream_feed, stream_state
+from finops_provider.core.schema import stream_checkpoint, stream_dead_letter, stream_event, stream_feed, stream_state
 
 
 def read_feed(
@@ -91,6 +91,18 @@ def consumer_status(ledger: Ledger) -> list[dict[str, Any]]:
             }
             for m in conn.execute(sa.select(stream_checkpoint).order_by(stream_checkpoint.c.consumer)).mappings()
         ]
+
+
+def stream_events(ledger: Ledger, consumer: str | None = None) -> dict[str, int]:
+    """Events the stream recorded (each once) and how many still wait to be folded into cost lines."""
+    q = sa.select(sa.func.count(), sa.func.count(sa.case((stream_event.c.folded.is_(None), 1)))).select_from(
+        stream_event
+    )
+    if consumer is not None:
+        q = q.where(stream_event.c.consumer == consumer)
+    with ledger.engine.connect() as conn:
+        total, unfolded = conn.execute(q).one()
+    return {"events": int(total), "unfolded": int(unfolded)}
 
 
 def dead_letters(ledger: Ledger, *, limit: int = 100) -> list[dict[str, Any]]:

@@ -104,7 +104,10 @@ class KafkaSource:
             )
         return out
 
-    def commit(self, positions: Mapping[str, int]) -> None:
+    def commit(self, positions: Mapping[str, int], *, wait: bool = False) -> None:
+        """Commit offsets to the group. Asynchronous by default: the ledger checkpoint (written before this,
+        and sought to on assignment) is what resumes the stream; group offsets serve lag monitoring, so a
+        micro-batch does not wait a broker round trip for them. :meth:`close` commits synchronously."""
         from confluent_kafka import KafkaException, TopicPartition
 
         if not positions:
@@ -115,7 +118,7 @@ class KafkaSource:
             tps.append(TopicPartition(topic, int(part), int(pos)))
             self._checkpoints[key] = int(pos)
         try:
-            self._consumer.commit(offsets=tps, asynchronous=False)
+            self._consumer.commit(offsets=tps, asynchronous=not wait)
         except KafkaException as e:  # the ledger checkpoint already holds these positions
             log.warning("kafka commit failed (%s); the ledger checkpoint keeps the position", e)
 
@@ -141,6 +144,11 @@ class KafkaSource:
 
     def close(self) -> None:
         if self._consumer is not None:
+            try:  # the assigned partitions' positions, once more, waiting for the broker
+                mine = {f"{tp.topic}:{tp.partition}" for tp in self._consumer.assignment()}
+                self.commit({k: v for k, v in self._checkpoints.items() if k in mine}, wait=True)
+            except Exception as e:  # monitoring only: the ledger checkpoint is the resume point
+                log.warning("kafka: final offset commit failed (%s)", e)
             self._consumer.close()
             self._consumer = None
 

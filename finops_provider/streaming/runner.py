@@ -6,24 +6,31 @@ Each micro-batch (up to ``max_batch`` messages, as soon as they are available) i
 transaction** that holds everything the batch changed:
 
 1. dead letters (malformed, oversized, unpriceable, wrong-currency-code messages; unique per source position),
-2. the ids of the events applied (``finops_stream_event``; an id already there is a duplicate and skipped),
-3. the cost lines (:meth:`Ledger.ingest` with ``x_line_item_id = event_id``, inside this transaction),
-4. the engine state the batch changed (running totals, detector state, clock) and the feed rows of the
-   breaches/anomalies it produced,
+2. the events applied (``finops_stream_event``: id, time, payload, the cost line they fold into; an id already
+   there is a duplicate and skipped),
+3. the cost lines of the event groups that are due to fold (:mod:`.fold`: one line per attribution, hour and
+   fold, with the exact sums, :meth:`Ledger.ingest` inside this transaction) and their events marked folded,
+4. the feed rows of the breaches/anomalies it produced, and — every ``state_interval`` seconds — a snapshot
+   of the engine state changed since the last one (running totals, detector state, clock, and the ``seq`` of
+   the last event it includes),
 5. the source checkpoint (next position per partition).
 
 Only after that commit are breaches claimed (:meth:`Ledger.claim_breach`, atomic, true once), sinks called
 and the source committed (Kafka offsets). A crash anywhere before the commit rolls everything back and the
 messages are read again; a crash after it replays messages whose ids are recorded, which change nothing.
-On start the engine state is loaded from the ledger and re-evaluated: a breach whose claim was lost in a
+On start the engine state is loaded from the ledger, the events recorded after its snapshot are applied
+again in their original order with their original lateness (so the running totals are exactly those of the
+events recorded), and it is re-evaluated: a breach whose claim was lost in a
 crash is claimed then; one already claimed is not acted on again. So the ledger totals equal the sum of
 the distinct events produced, to the last digit, and each breach is alerted once.
 
-The engine's hot path never touches the database; the database is written once per batch.
+The engine's hot path never touches the database; the database is written once per batch. Every
+statement written per event or per state is compiled once and handed pre-encoded to the driver.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import logging
@@ -38,15 +45,25 @@ import sqlalchemy as sa
 
 from finops_provider.core.anomaly import Anomaly
 from finops_provider.core.budgets import Breach
-from finops_provider.core.ledger import Ledger
+from finops_provider.core.ledger import Ledger, _sqlite_time
 from finops_provider.core.schema import stream_checkpoint, stream_dead_letter, stream_event, stream_feed, stream_state
 from finops_provider.streaming.engine import StreamEngine
 from finops_provider.streaming.events import DeadLetter, EventDecoder, StreamEvent
+from finops_provider.streaming.fold import Folder, line_key
 from finops_provider.streaming.sources import Message, Source
 
 log = logging.getLogger(__name__)
 
 _IN_CHUNK = 500
+
+
+def _untyped(table: sa.Table) -> sa.Table:
+    """``table`` without per-value bind processing (rows are handed over pre-encoded)."""
+    return sa.Table(table.name, sa.MetaData(), *[sa.Column(c.name, sa.types.NullType()) for c in table.columns])
+
+
+_EVENT_W = _untyped(stream_event)
+_STATE_W = _untyped(stream_state)
 
 
 class StreamSink(Protocol):
@@ -90,6 +107,7 @@ class StreamMetrics:
     breaches: int = 0
     anomalies: int = 0
     batches: int = 0
+    folded: int = 0
     last_batch_ms: float = 0.0
     lag: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
@@ -114,6 +132,7 @@ class StreamMetrics:
             "breaches": self.breaches,
             "anomalies": self.anomalies,
             "batches": self.batches,
+            "folded": self.folded,
             "last_batch_ms": round(self.last_batch_ms, 3),
             "lag": dict(self.lag),
         }
@@ -143,6 +162,10 @@ class StreamProcessor:
     :param poll_timeout: seconds to wait for the first message of a batch.
     :param partition_idle_s: a partition without messages for this long (wall clock) stops holding the
         event-time watermark back.
+    :param fold_interval: seconds a group of events waits before it is folded into one ledger cost line.
+    :param fold_chunk: cost lines folded per micro-batch at most (everything is folded on :meth:`close`).
+    :param state_interval: seconds between engine state snapshots (each batch's events are durable anyway;
+        after a crash the events since the last snapshot are replayed from the ledger).
     """
 
     def __init__(
@@ -157,20 +180,58 @@ class StreamProcessor:
         max_batch: int = 2000,
         poll_timeout: float = 0.2,
         partition_idle_s: float = 30.0,
+        fold_interval: float = 2.0,
+        fold_chunk: int = 100,
+        state_interval: float = 5.0,
     ) -> None:
         self.ledger = ledger
         self.source = source
         self.engine = engine
         self.decoder = decoder or EventDecoder()
+        self._replay_decoder = copy.copy(self.decoder)  # events already accepted: no future-time check again
+        self._replay_decoder.max_future = None
         self.consumer = consumer
         self.sinks = list(sinks)
         self.max_batch = max_batch
         self.poll_timeout = poll_timeout
         self.partition_idle_s = partition_idle_s
+        self.fold_interval = fold_interval
+        self.fold_chunk = fold_chunk
+        self.state_interval = state_interval
         self.metrics = StreamMetrics()
+        self._seq = 0  # the last event seq recorded for this consumer
+        self._last_snapshot = time.monotonic()
         self._seen: dict[str, float] = {}  # partition -> wall clock of its last message
         self._started = False
         self._insert = ledger._insert()
+        self._sqlite = ledger.dialect == "sqlite"
+        self._folder = Folder()
+        self._refold = True  # the folder must be rebuilt from the ledger's unfolded events first
+        self._event_sql = self._compile(self._insert(_EVENT_W))
+        st = self._insert(_STATE_W)
+        self._state_sql = self._compile(
+            st.on_conflict_do_update(
+                index_elements=["consumer", "state_key"],
+                set_={k: st.excluded[k] for k in ("kind", "period_end", "payload", "updated_at")},
+            )
+        )
+
+    def _compile(self, stmt: Any) -> tuple[str, tuple[str, ...] | None]:
+        compiled = stmt.compile(dialect=self.ledger.engine.dialect)
+        order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
+        return str(compiled), order
+
+    def _executemany(
+        self, conn: sa.Connection, sql: tuple[str, tuple[str, ...] | None], rows: list[dict[str, Any]]
+    ) -> None:
+        text, order = sql
+        if order is None:
+            conn.exec_driver_sql(text, rows)  # type: ignore[arg-type]
+        else:
+            conn.exec_driver_sql(text, [tuple(r[k] for k in order) for r in rows])
+
+    def _t(self, v: dt.datetime | None) -> Any:
+        return _sqlite_time(v) if self._sqlite and v is not None else v
 
     # --------------------------------------------------------------- start
     def start(self) -> BatchResult:
@@ -192,19 +253,32 @@ class StreamProcessor:
             q = sa.select(stream_state.c.kind, stream_state.c.payload).where(
                 stream_state.c.consumer == self.consumer, stream_state.c.kind != "clock"
             )
+            self._seq = int(
+                conn.execute(
+                    sa.select(sa.func.max(stream_event.c.seq)).where(stream_event.c.consumer == self.consumer)
+                ).scalar()
+                or 0
+            )
+            snapshot_seq = 0
             if clock is not None:
-                t = dt.datetime.fromisoformat(json.loads(clock)["clock"])
+                saved = json.loads(clock)
+                t = dt.datetime.fromisoformat(saved["clock"])
                 rows.append(("clock", {"clock": t.isoformat()}))
                 wm = t - self.engine.settings.allowed_lateness
                 q = q.where(sa.or_(stream_state.c.period_end.is_(None), stream_state.c.period_end > wm))
+                snapshot_seq = int(saved.get("seq", self._seq))  # no seq: written per batch (before 0006)
             rows.extend((k, json.loads(p)) for k, p in conn.execute(q))
         self.engine.load(rows)
+        replayed = self._replay(snapshot_seq)
+        self._recover_unfolded()
+        self._last_snapshot = time.monotonic()
         self.source.start(checkpoints)
         self._started = True
         log.info(
-            "stream %s: resumed %d state(s) and %d checkpoint(s) from %r",
+            "stream %s: resumed %d state(s), replayed %d event(s) after the snapshot and %d checkpoint(s) from %r",
             self.consumer,
             len(rows),
+            replayed,
             len(checkpoints),
             self.ledger,
         )
@@ -232,9 +306,12 @@ class StreamProcessor:
         t0 = time.perf_counter()
         res = BatchResult(messages=len(msgs))
         now = dt.datetime.now(dt.UTC)
+        if self._refold:
+            self._recover_unfolded()
         events: list[StreamEvent] = []
         positions: dict[str, int] = {}
         partition_of: dict[str, str] = {}
+        raw_of: dict[str, bytes] = {}
         wall = time.monotonic()
         for m in msgs:
             positions[m.partition] = max(positions.get(m.partition, 0), m.next_position)
@@ -244,6 +321,7 @@ class StreamProcessor:
             else:
                 events.append(d)
                 partition_of.setdefault(d.event_id, m.partition)
+                raw_of.setdefault(d.event_id, m.value)
         for part in positions:
             self._seen[part] = wall
         for part in self.source.partitions():  # assigned but silent so far: holds the watermark until idle
@@ -257,6 +335,30 @@ class StreamProcessor:
                 seen.add(e.event_id)
                 unique.append(e)
         lag = self.source.lag()
+        try:
+            breaches, new_anomalies = self._commit_batch(res, unique, positions, partition_of, raw_of, lag, now, wall)
+        except BaseException:
+            self._folder.clear()  # the transaction rolled back: rebuild pending groups from the ledger
+            self._refold = True
+            raise
+        self._act(res, breaches, new_anomalies)
+        self.source.commit(positions)
+        self._account(res, lag, t0)
+        return res
+
+    def _commit_batch(
+        self,
+        res: BatchResult,
+        unique: list[StreamEvent],
+        positions: dict[str, int],
+        partition_of: dict[str, str],
+        raw_of: dict[str, bytes],
+        lag: dict[str, int],
+        now: dt.datetime,
+        wall: float,
+    ) -> tuple[list[Breach], list[Anomaly]]:
+        seq = self._seq
+        snapshot = wall - self._last_snapshot >= self.state_interval
         with self.ledger.engine.begin() as conn:
             if res.dead_letters:
                 stmt = self._insert(stream_dead_letter).on_conflict_do_nothing(index_elements=["position_key"])
@@ -291,36 +393,146 @@ class StreamProcessor:
                 late = [late_of[e.event_id] for e in fresh]
                 res.late = sum(late)
                 res.applied = len(fresh) - res.late
-                conn.execute(
-                    stream_event.insert(),
-                    [
+                received = self._t(now)
+                rows = []
+                for e, is_late in zip(fresh, late, strict=True):
+                    key = line_key(e.record)
+                    self._folder.add(key, e.record, wall)
+                    seq += 1
+                    rows.append(
                         {
+                            "seq": seq,
                             "event_id": e.event_id,
                             "consumer": self.consumer,
                             "producer": e.producer[:200],
                             "position": e.position[:300],
-                            "event_time": e.record.charge_period_start,
+                            "event_time": self._t(e.record.charge_period_start),
                             "late": is_late,
-                            "received_at": now,
+                            "received_at": received,
+                            "payload": raw_of[e.event_id].decode("utf-8"),
+                            "line_key": key,
+                            "folded": None,
                         }
-                        for e, is_late in zip(fresh, late, strict=True)
-                    ],
-                )
-                self.ledger.ingest(
-                    [e.record for e in fresh],
-                    source="stream",
-                    scope=f"stream:{self.consumer}",
-                    batch_id=f"stream-{uuid.uuid4().hex}",
-                    connection=conn,
-                )
+                    )
+                self._executemany(conn, self._event_sql, rows)
                 breaches, anomalies = self.engine.evaluate()
+            self._fold(conn, self._folder.due(wall - self.fold_interval, self.fold_chunk))
             new_anomalies = self._write_feed(conn, breaches, anomalies)
-            self._write_state(conn, now)
+            if snapshot:
+                self._write_state(conn, now, seq)
             self._write_checkpoints(conn, positions, lag, now)
-        self._act(res, breaches, new_anomalies)
-        self.source.commit(positions)
-        self._account(res, lag, t0)
-        return res
+        self._seq = seq
+        if snapshot:
+            self._last_snapshot = wall
+        return breaches, new_anomalies
+
+    # ------------------------------------------------------------------ fold
+    def _fold(self, conn: sa.Connection, keys: list[str]) -> int:
+        """Write the cost lines of ``keys`` and mark their events folded, in ``conn``'s transaction."""
+        if not keys:
+            return 0
+        fold_id = uuid.uuid4().hex
+        lines, n = self._folder.take(keys, fold_id)
+        self.ledger.ingest(
+            lines, source="stream", scope=f"stream:{self.consumer}", batch_id=f"stream-{fold_id}", connection=conn
+        )
+        marked = 0
+        for i in range(0, len(keys), _IN_CHUNK):
+            marked += conn.execute(
+                stream_event.update()
+                .where(
+                    stream_event.c.consumer == self.consumer,
+                    stream_event.c.folded.is_(None),
+                    stream_event.c.line_key.in_(keys[i : i + _IN_CHUNK]),
+                )
+                .values(folded=fold_id)
+            ).rowcount
+        if marked != n:  # another writer under this consumer name, or a bug: never fold twice
+            raise RuntimeError(
+                f"stream {self.consumer}: fold {fold_id} holds {n} event(s) but {marked} are unfolded in the "
+                "ledger; run one processor per consumer name"
+            )
+        self.metrics.folded += n
+        return n
+
+    def _replay(self, after_seq: int) -> int:
+        """Apply the events recorded after the state snapshot (seq > ``after_seq``) again, as first applied."""
+        n = 0
+        with self.ledger.engine.connect() as conn:
+            result = conn.execution_options(yield_per=5000).execute(
+                sa.select(stream_event.c.payload, stream_event.c.late, stream_event.c.position)
+                .where(
+                    stream_event.c.consumer == self.consumer,
+                    stream_event.c.seq > after_seq,
+                    stream_event.c.payload.is_not(None),
+                )
+                .order_by(stream_event.c.seq)
+            )
+            part: str | None = None
+            recs: list[Any] = []
+            flags: list[bool] = []
+            for payload, is_late, position in result:
+                p = (position or "").rsplit(":", 1)[0]
+                if p != part and recs:
+                    self.engine.apply(recs, part or "", late=flags)
+                    recs, flags = [], []
+                part = p
+                d = self._replay_decoder.decode(payload, position or "")
+                if isinstance(d, DeadLetter):
+                    log.error(
+                        "stream %s: recorded event at %s cannot be replayed (%s)", self.consumer, position, d.reason
+                    )
+                    continue
+                recs.append(d.record)
+                flags.append(bool(is_late))
+                n += 1
+            if recs:
+                self.engine.apply(recs, part or "", late=flags)
+        return n
+
+    def _recover_unfolded(self) -> None:
+        """Fold the events a previous run recorded but did not fold (it crashed), decoding their payloads."""
+        self._folder.clear()
+        self._refold = False
+        with self.ledger.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(stream_event.c.event_id, stream_event.c.payload).where(
+                    stream_event.c.consumer == self.consumer, stream_event.c.folded.is_(None)
+                )
+            ).all()
+            if not rows:
+                return
+            folder, ids, unreadable = Folder(), [], []
+            for event_id, payload in rows:
+                d = self._replay_decoder.decode(payload or b"", f"refold:{event_id}")
+                if isinstance(d, DeadLetter):
+                    unreadable.append((event_id, f"{d.field}: {d.reason}"))
+                    continue
+                folder.add(line_key(d.record), d.record)
+                ids.append(event_id)
+            fold_id = uuid.uuid4().hex
+            lines, _ = folder.take(folder.due(None), fold_id)
+            self.ledger.ingest(
+                lines, source="stream", scope=f"stream:{self.consumer}", batch_id=f"stream-{fold_id}", connection=conn
+            )
+            for i in range(0, len(ids), _IN_CHUNK):
+                conn.execute(
+                    stream_event.update()
+                    .where(stream_event.c.event_id.in_(ids[i : i + _IN_CHUNK]))
+                    .values(folded=fold_id)
+                )
+            for event_id, why in unreadable:  # kept in finops_stream_event with its payload; never folded twice
+                log.error(
+                    "stream %s: recorded event %s no longer decodes (%s; did the config or rate card change?); it "
+                    "is kept in finops_stream_event with folded = 'unreadable' and is not in any cost line",
+                    self.consumer,
+                    event_id,
+                    why,
+                )
+                conn.execute(
+                    stream_event.update().where(stream_event.c.event_id == event_id).values(folded="unreadable")
+                )
+        log.info("stream %s: folded %d event(s) left unfolded by a previous run", self.consumer, len(ids))
 
     def _fresh(self, conn: sa.Connection, unique: list[StreamEvent]) -> list[StreamEvent]:
         if not unique:
@@ -389,31 +601,32 @@ class StreamProcessor:
                 new.append(a)
         return new
 
-    def _write_state(self, conn: sa.Connection, now: dt.datetime) -> None:
+    def _write_state(self, conn: sa.Connection, now: dt.datetime, seq: int) -> None:
+        at = self._t(now)
+        dumps = json.dumps
+        t = self._t
         rows = [
             {
                 "consumer": self.consumer,
                 "state_key": key[:600],
                 "kind": kind,
-                "period_end": end,
-                "payload": json.dumps(payload),
-                "updated_at": now,
+                "period_end": t(end),
+                "payload": dumps(payload),
+                "updated_at": at,
             }
-            for key, kind, end, payload in self.engine.dirty_state()
+            for key, kind, end, payload in self._with_seq(self.engine.dirty_state(), seq)
         ]
-        if not rows:
-            return
-        stmt = self._insert(stream_state)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["consumer", "state_key"],
-            set_={
-                "kind": stmt.excluded.kind,
-                "period_end": stmt.excluded.period_end,
-                "payload": stmt.excluded.payload,
-                "updated_at": stmt.excluded.updated_at,
-            },
-        )
-        conn.execute(stmt, rows)
+        if rows:
+            self._executemany(conn, self._state_sql, rows)
+
+    @staticmethod
+    def _with_seq(
+        states: list[tuple[str, str, dt.datetime | None, dict[str, Any]]], seq: int
+    ) -> list[tuple[str, str, dt.datetime | None, dict[str, Any]]]:
+        for _key, kind, _end, payload in states:
+            if kind == "clock":
+                payload["seq"] = seq  # the snapshot includes every event up to this one
+        return states
 
     def _write_checkpoints(
         self, conn: sa.Connection, positions: Mapping[str, int], lag: Mapping[str, int], now: dt.datetime
@@ -499,8 +712,19 @@ class StreamProcessor:
         return self.metrics
 
     def close(self) -> None:
-        self.source.close()
-        self._started = False
+        """Fold every pending event into the ledger and close the source."""
+        try:
+            if self._started:
+                with self.ledger.engine.begin() as conn:
+                    self._fold(conn, self._folder.due(None))
+                    self._write_state(conn, dt.datetime.now(dt.UTC), self._seq)
+        except Exception:
+            log.exception("stream %s: final fold failed; the next start folds these events", self.consumer)
+            self._folder.clear()
+            self._refold = True
+        finally:
+            self.source.close()
+            self._started = False
 
 
 def build_processor(
@@ -513,6 +737,8 @@ def build_processor(
     max_batch: int = 2000,
     poll_timeout: float = 0.2,
     max_future: dt.timedelta | None = dt.timedelta(hours=1),
+    fold_interval: float = 2.0,
+    state_interval: float = 5.0,
     **settings: Any,
 ) -> StreamProcessor:
     """A processor for a ``--source`` URL (:func:`~finops_provider.streaming.sources.parse_source`) and a config.
@@ -531,4 +757,6 @@ def build_processor(
         sinks=sinks,
         max_batch=max_batch,
         poll_timeout=poll_timeout,
+        fold_interval=fold_interval,
+        state_interval=state_interval,
     )

@@ -27,7 +27,7 @@ from finops_provider.core.ledger import Ledger
 from finops_provider.core.money import MoneyBag, exact_sum
 from finops_provider.streaming.engine import StreamEngine
 from finops_provider.streaming.events import EventDecoder, cost_event
-from finops_provider.streaming.feed import dead_letters
+from finops_provider.streaming.feed import dead_letters, stream_events
 from finops_provider.streaming.runner import StreamProcessor
 from finops_provider.streaming.sources import JsonlPublisher, JsonlSource
 
@@ -259,12 +259,13 @@ def _check_stream(tmp: Path, mix: tuple[Any, ...], figures: Any) -> None:
         while p.run_once().messages:
             pass
         p.close()
-        stored = led.count()
+        events = stream_events(led)
+        stored = events["events"]
         letters = dead_letters(led, limit=1000)
         total = led.totals()
     figures.checked(valid=len(valid), lost=len(valid) - stored, duplicates=stored - len(valid))
     assert sorted(d["field"] for d in letters) == sorted(expected_fields), [(d["field"], d["reason"]) for d in letters]
-    assert stored == len(valid)
+    assert stored == len(valid) and events["unfolded"] == 0
     assert total.get("USD").amount == exact_sum(valid_amounts)
 
 

@@ -24,7 +24,7 @@ from finops_provider.core.schema import breach as breach_table
 from finops_provider.core.schema import stream_event
 from finops_provider.streaming.engine import StreamEngine
 from finops_provider.streaming.events import EventDecoder
-from finops_provider.streaming.feed import consumer_status, current_totals, dead_letters, read_feed
+from finops_provider.streaming.feed import consumer_status, current_totals, dead_letters, read_feed, stream_events
 from finops_provider.streaming.runner import CallbackSink, StreamProcessor
 from finops_provider.streaming.sources import JsonlPublisher, JsonlSource, parse_source
 from tests.unit.streaming.conftest import CONFIG, T0
@@ -49,6 +49,7 @@ def _processor(ledger: Ledger, config: Any, path: Path, rec: Recorder, **kw: Any
         sinks=[rec.sink()],
         max_batch=kw.pop("max_batch", 25),
         poll_timeout=0.01,
+        **kw,
     )
 
 
@@ -56,6 +57,7 @@ def _drain(p: StreamProcessor) -> None:
     p.start()
     while p.run_once().messages:
         pass
+    p.close()  # folds what is still pending into cost lines
 
 
 def _publish_mixed(path: Path, make_event: Any) -> MoneyBag:
@@ -89,10 +91,13 @@ def test_embedded_stream_is_exactly_once(ledger_url, config, make_event, tmp_pat
     with Ledger(ledger_url) as led:
         p = _processor(led, config, path, rec)
         _drain(p)
-        p.close()
-        # the ledger holds every distinct valid event once, to the last digit, in its own currency
+        # the ledger holds every distinct valid event once, to the last digit, in its own currency, folded into
+        # one cost line per attribution and hour (credits and EUR on lines of their own)
         assert led.totals(scope="stream:test") == truth
-        assert led.count(scope="stream:test") == 200 + 3
+        assert stream_events(led, "test") == {"events": 200 + 3, "unfolded": 0}
+        lines = list(led.records(scope="stream:test"))
+        assert len(lines) < 203 and sum(1 for r in lines if r.billed_cost < 0) == 1
+        assert p.metrics.folded == 203
         m = p.metrics
         assert (m.duplicates, m.late, m.dead_letters) == (8, 1, 3)
         assert {d["field"] for d in dead_letters(led)} == {"payload", "cost.currency"}
@@ -143,6 +148,53 @@ class Crash(BaseException):
     pass
 
 
+def _running(p: StreamProcessor) -> dict[tuple[str, Any], Decimal]:
+    return {(s.b.cfg.name, s.run_id or s.period_start): s.total for s in p.engine.budget_states()}
+
+
+@pytest.mark.parametrize("later_interval", [0.0, 3600.0], ids=["snapshot-every-batch", "no-snapshot-since"])
+def test_snapshot_plus_replay_restores_the_running_totals(sqlite_url, config, make_event, tmp_path, later_interval):
+    """After a crash the engine equals the one that died: its last snapshot plus the events recorded after it."""
+    path = tmp_path / "events.jsonl"
+    truth = _publish_mixed(path, make_event)
+    with Ledger(sqlite_url) as led:
+        p = _processor(led, config, path, Recorder(), max_batch=7, state_interval=0.0)
+        p.start()
+        for _ in range(12):
+            p.run_once()
+        p.state_interval = later_interval
+        for _ in range(12):
+            p.run_once()
+        live = _running(p)
+        assert live and stream_events(led, "test")["events"] > 100
+        # the process dies here: no close, no final fold or snapshot
+        again = _processor(led, config, path, Recorder(), max_batch=7)
+        again.start()
+        assert _running(again) == live
+        _drain(again)
+        assert led.totals(scope="stream:test") == truth
+
+
+def test_two_processors_under_one_consumer_name_never_fold_twice(sqlite_url, config, make_event, tmp_path) -> None:
+    path = tmp_path / "events.jsonl"
+    pub = JsonlPublisher(path)
+    for i in range(20):
+        pub.publish(make_event("1", minutes=i))
+    pub.close()
+    with Ledger(sqlite_url) as led:
+        a = _processor(led, config, path, Recorder(), max_batch=10, fold_interval=3600.0)
+        a.start()
+        a.run_once()
+        b = _processor(led, config, path, Recorder(), max_batch=10)
+        b.start()  # folds a's pending events: they were recorded and are not in memory here
+        a.fold_interval = 0.0  # a still holds those events in memory and would fold them again
+        with pytest.raises(RuntimeError, match="one processor per consumer name"):
+            a.run_once()
+        assert a.metrics.folded == 0  # its fold was refused and rolled back
+        _drain(b)
+        assert led.totals(scope="stream:test").get("USD").amount == 20
+
+
 def test_breach_lost_between_commit_and_claim_is_claimed_on_restart(sqlite_url, config, make_event, tmp_path):
     path = tmp_path / "events.jsonl"
     pub = JsonlPublisher(path)
@@ -161,7 +213,7 @@ def test_breach_lost_between_commit_and_claim_is_claimed_on_restart(sqlite_url, 
         p.ledger.claim_breach = crash  # type: ignore[method-assign]
         with pytest.raises(Crash):
             p.run_once()
-        assert led.count(scope="stream:test") == 12 and rec.breaches == []
+        assert stream_events(led, "test")["events"] == 12 and rec.breaches == []
         again = _processor(led, config, path, rec)
         res = again.start()
         assert sorted(b.dedupe_key for b in res.breaches) == sorted(rec.breaches)
@@ -237,9 +289,9 @@ def test_finops_stream_stops_cleanly_on_sigterm(tmp_path, make_event) -> None:
     proc = _cli("--source", f"file://{path}", "--ledger", url, "--config", str(cfg), "--consumer", "svc")
     try:
         with Ledger(url) as led:
-            _wait_for(lambda: led.count() == 50)
+            _wait_for(lambda: stream_events(led)["events"] == 50)
             pub.publish(make_event("1", minutes=60))  # arrives while running
-            _wait_for(lambda: led.count() == 51)
+            _wait_for(lambda: stream_events(led)["events"] == 51)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -250,6 +302,8 @@ def test_finops_stream_stops_cleanly_on_sigterm(tmp_path, make_event) -> None:
     assert "stopped:" in out and '"applied": 51' in out
     with Ledger(url) as led:
         assert consumer_status(led) == [{**consumer_status(led)[0], "consumer": "svc", "position": path.stat().st_size}]
+        assert stream_events(led) == {"events": 51, "unfolded": 0}  # SIGTERM folded everything
+        assert led.totals(scope="stream:svc").get("USD").amount == 51
 
 
 def test_finops_stream_survives_kill_9_mid_batch(tmp_path, make_event) -> None:
@@ -271,15 +325,15 @@ def test_finops_stream_survives_kill_9_mid_batch(tmp_path, make_event) -> None:
     with Ledger(url) as led:
         for target in (1000, 2500, 4000):  # kill as soon as the stream is past these row counts
             proc = _cli(*args, "--max-batch", "50")
-            _wait_for(lambda t=target: led.count() > t, timeout=60)
+            _wait_for(lambda t=target: stream_events(led)["events"] > t, timeout=60)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
             assert proc.returncode == -signal.SIGKILL
-        assert led.count() < n, "the kills came too late to interrupt the stream"
+        assert stream_events(led)["events"] < n, "the kills came too late to interrupt the stream"
         proc = _cli(*args, "--idle-exit", "1")
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
-        assert led.count() == n
+        assert stream_events(led) == {"events": n, "unfolded": 0}
         assert led.totals(scope="stream:finops-stream").get("USD").amount == truth
         with led.engine.connect() as c:
             claimed = sorted(c.execute(sa.select(breach_table.c.dedupe_key)).scalars())
