@@ -222,13 +222,7 @@ stream_event = sa.Table(
     sa.Column("payload", sa.Text()),  # the event as received (JSON), to replay or fold it after a crash
     sa.Column("line_key", sa.String(64)),  # the cost line it folds into (attribution + hour)
     sa.Column("folded", sa.String(64)),  # the fold that wrote it to finops_cost_line; NULL = not yet
-    sa.Index(
-        "ix_finops_stream_event_unfolded",
-        "consumer",
-        "line_key",
-        sqlite_where=sa.text("folded IS NULL"),
-        postgresql_where=sa.text("folded IS NULL"),
-    ),
+    sa.Index("ix_finops_stream_event_unfolded", "consumer", "folded", "line_key"),  # folded IS NULL lookups
     sa.Index("ix_finops_stream_event_seq", "consumer", "seq"),
 )
 

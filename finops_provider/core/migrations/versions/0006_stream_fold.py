@@ -24,13 +24,7 @@ def upgrade() -> None:
         t.add_column(sa.Column("line_key", sa.String(64)))
         t.add_column(sa.Column("folded", sa.String(64)))
     op.execute("UPDATE finops_stream_event SET folded = 'pre-0006'")
-    op.create_index(
-        "ix_finops_stream_event_unfolded",
-        "finops_stream_event",
-        ["consumer", "line_key"],
-        sqlite_where=sa.text("folded IS NULL"),
-        postgresql_where=sa.text("folded IS NULL"),
-    )
+    op.create_index("ix_finops_stream_event_unfolded", "finops_stream_event", ["consumer", "folded", "line_key"])
     op.create_index("ix_finops_stream_event_seq", "finops_stream_event", ["consumer", "seq"])
 
 
