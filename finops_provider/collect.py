@@ -39,6 +39,14 @@ COLLECTORS: dict[str, str] = {
 }
 
 
+class CredentialsError(PermissionError):
+    """A source refused a connection's credentials (expired, revoked, or lacking a role).
+
+    The message names the Airflow connection id and what to fix, never the secret. Not retried: renewing the
+    credentials is the fix.
+    """
+
+
 @dataclass
 class CollectResult:
     """Records from one collection plus what it cost to get them.

@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-from finops_provider.collect import CollectResult
+from finops_provider.collect import CollectResult, CredentialsError
 from finops_provider.core.focus import BadRow
 from finops_provider.core.records import CostRecord, RecordError, build_record
 from finops_provider.core.retry import RetryPolicy, call_with_retry
@@ -50,10 +50,6 @@ _CREDENTIAL_CODES = {
     "SignatureDoesNotMatch",
     "AccessDeniedException",
 }
-
-
-class CredentialsError(PermissionError):
-    """The AWS connection's credentials were refused; the message names the connection (never the secret)."""
 
 
 def _is_retryable(exc: BaseException) -> bool:

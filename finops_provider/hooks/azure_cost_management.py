@@ -19,12 +19,15 @@ reader unchanged, downloaded with the provider's :class:`WasbHook` when they are
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cached_property, partial
 from pathlib import Path
@@ -33,7 +36,7 @@ from urllib.parse import urlsplit
 
 from airflow.providers.microsoft.azure.hooks.base_azure import AzureBaseHook
 
-from finops_provider.collect import CollectResult, ingest_collected, tag_filter
+from finops_provider.collect import CollectResult, CredentialsError, ingest_collected, tag_filter
 from finops_provider.core.focus import BadRow, read_focus
 from finops_provider.core.money import MONEY_CONTEXT, exact_sum, to_decimal
 from finops_provider.core.records import MAX_SCALE, RecordError, build_record
@@ -52,6 +55,10 @@ FOCUS_SOURCE = "azure-focus"
 COST_TYPES = {"ActualCost": "billed_cost", "AmortizedCost": "effective_cost"}
 #: money columns the Query API may return, in order of preference (billing currency before USD)
 COST_COLUMNS = ("Cost", "PreTaxCost", "CostUSD", "PreTaxCostUSD")
+#: Query API cost type -> the FOCUS column a bad amount is quarantined under
+COST_FIELDS = {"ActualCost": "BilledCost", "AmortizedCost": "EffectiveCost"}
+#: the columns :meth:`AzureCostManagementHook.collect` reads; any other column is schema drift (ignored, warned once)
+QUERY_COLUMNS = frozenset({*COST_COLUMNS, "UsageDate", "TagKey", "TagValue", "ServiceName", "Currency"})
 #: connection extra ``cloud_environment`` (the provider's names) -> (authority host, ``azure.core.AzureClouds`` name)
 CLOUDS = {
     "AzurePublicCloud": ("login.microsoftonline.com", "AZURE_PUBLIC_CLOUD"),
@@ -69,6 +76,58 @@ _RATE_LIMIT_HEADERS = (
 )
 
 
+#: a Query API group: (usage day, tag key, tag value, service, currency)
+_Group = tuple[dt.date, str, str, str, str]
+
+
+class _Merged:
+    """Query API rows summed per group; bad rows kept, and the groups they belong to withheld.
+
+    A row with a bad value withholds its whole group on every cost basis (no record lands with one basis
+    silently 0); the group's readable amounts are kept in that row's quarantine ``raw``.
+    """
+
+    def __init__(self) -> None:
+        self.amounts: dict[Any, dict[str, Decimal]] = {}
+        self.first_row: dict[Any, int] = {}
+        self.bad: list[BadRow] = []
+        self.withheld: dict[Any, int] = {}  # group -> index of its BadRow in ``bad``
+
+    def add(self, n: int, group: Any, item: Mapping[str, Decimal] | BadRow) -> None:
+        if isinstance(item, BadRow):
+            if group is not None:
+                self.withheld.setdefault(group, len(self.bad))
+            self.bad.append(item)
+            return
+        self.first_row.setdefault(group, n)
+        slot = self.amounts.setdefault(group, {})
+        for k, v in item.items():
+            slot[k] = exact_sum((slot.get(k, Decimal(0)), v))
+
+    def build(
+        self, record: Callable[[Any, dict[str, Decimal]], CostRecord | None]
+    ) -> tuple[list[CostRecord], list[BadRow]]:
+        """(records, bad rows): one record per intact group (``record`` may return None to skip a group)."""
+        records: list[CostRecord] = []
+        bad = list(self.bad)
+        for group, amounts in sorted(self.amounts.items()):
+            kept = {k: str(a) for k, a in amounts.items()}
+            if group in self.withheld:
+                i = self.withheld[group]
+                reason = f"{bad[i].reason}; the group is withheld on every cost basis ({kept} kept in raw)"
+                bad[i] = replace(bad[i], reason=reason, raw={**bad[i].raw, **kept})
+                continue
+            try:
+                built = record(group, amounts)
+            except RecordError as e:
+                raw = {"group": [str(g) for g in group], **kept}
+                bad.append(BadRow(self.first_row[group], e.field, e.message, raw))
+                continue
+            if built is not None:
+                records.append(built)
+        return records, sorted(bad, key=lambda b: b.row_number)
+
+
 def _status(exc: BaseException) -> int | None:
     code = getattr(exc, "status_code", None)
     if code is None:
@@ -76,14 +135,35 @@ def _status(exc: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+class AnswerCutOffError(ValueError):
+    """A 200 answer whose body is not complete JSON (cut off on the way); the request is made again."""
+
+
 def _is_transient(exc: BaseException) -> bool:
-    """HTTP 429 and 5xx answers, and connection failures before an answer."""
+    """HTTP 429 and 5xx answers, connection failures and timeouts before an answer, and cut-off answers."""
+    import requests
+    from azure.core.exceptions import DecodeError, ServiceRequestError, ServiceResponseError
+
+    if isinstance(exc, (AnswerCutOffError, DecodeError)):  # the SDK's JSON decoding of a cut-off body
+        return True
     status = _status(exc)
     if status is not None:
         return status == 429 or status >= 500
-    from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 
-    return isinstance(exc, (ServiceRequestError, ServiceResponseError))
+    return isinstance(exc, (ServiceRequestError, ServiceResponseError, requests.ConnectionError, requests.Timeout))
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """Why the service or Microsoft Entra ID refused the credentials (401 / 403 / a token error), else None."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    status = _status(exc)
+    if status not in (401, 403) and not isinstance(exc, ClientAuthenticationError):
+        return None
+    aadsts = re.search(r"AADSTS\d+", str(exc))
+    code = getattr(getattr(exc, "error", None), "code", None)
+    parts = [f"HTTP {status}" if status else "", str(code) if code else "", aadsts.group(0) if aadsts else ""]
+    return " ".join(p for p in parts if p) or type(exc).__name__
 
 
 def _wait_hint(exc: BaseException) -> float | None:
@@ -130,9 +210,15 @@ def _raw_json(pipeline_response: Any, _deserialized: Any, _headers: Any) -> dict
 
 
 def _parse_body(response: Any) -> dict[str, Any]:
-    if response.status_code == 204 or not response.text():
+    text = response.text()
+    if response.status_code == 204 or not text:
         return {"properties": {"columns": [], "rows": [], "nextLink": None}}
-    return json.loads(response.text(), parse_float=Decimal)  # type: ignore[no-any-return]
+    try:
+        return json.loads(text, parse_float=Decimal)  # type: ignore[no-any-return]
+    except json.JSONDecodeError as e:
+        raise AnswerCutOffError(
+            f"the Query API answer is not complete JSON ({len(text)} characters, {e.msg} at {e.pos})"
+        ) from None
 
 
 class AzureCostManagementHook(AzureBaseHook):
@@ -153,8 +239,10 @@ class AzureCostManagementHook(AzureBaseHook):
     :param repull_days: re-read this many days before ``start`` (Azure cost data settles over ~72 h).
     :param credential: a ``TokenCredential`` to use instead of the connection's (built elsewhere, or a test's).
     :param base_url: the Resource Manager endpoint (default: the cloud's; extra ``base_url`` overrides too).
-    :param retry_policy: backoff for 429 / 5xx; the service's retry-after headers are honoured.
+    :param retry_policy: backoff for 429 / 5xx / timeouts; the service's retry-after headers are honoured.
     :param sleep: the wait function between attempts (tests inject one).
+    :param timeout: seconds to wait for a connection and for each answer before the attempt counts as failed
+        (and is retried); default the SDK's 300 s.
     """
 
     conn_name_attr = "conn_id"
@@ -175,6 +263,7 @@ class AzureCostManagementHook(AzureBaseHook):
         api_version: str | None = None,
         retry_policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        timeout: float | None = None,
     ) -> None:
         super().__init__(conn_id=conn_id)
         if cost_column not in COST_COLUMNS:
@@ -190,6 +279,7 @@ class AzureCostManagementHook(AzureBaseHook):
         self.api_version = api_version
         self.retry_policy = retry_policy or RetryPolicy()
         self.sleep = sleep
+        self.timeout = timeout
         self.requests_made = 0
 
     @classmethod
@@ -271,6 +361,8 @@ class AzureCostManagementHook(AzureBaseHook):
             os.environ.get("AZURE_HTTP_LOGGING_LEVEL", "WARNING")
         )
         kwargs: dict[str, Any] = {"retry_total": 0, "base_url": self.resource_manager_url}
+        if self.timeout is not None:
+            kwargs.update(connection_timeout=self.timeout, read_timeout=self.timeout)
         if self._cloud() is not None:
             kwargs["cloud_setting"] = self._cloud()
         if self.api_version:
@@ -286,14 +378,25 @@ class AzureCostManagementHook(AzureBaseHook):
             self.requests_made += 1
             return fn()
 
-        return call_with_retry(  # type: ignore[no-any-return]
-            once,
-            what=what,
-            is_retryable=_is_transient,
-            policy=self.retry_policy,
-            wait_hint=_wait_hint,
-            sleep=self.sleep,
-        )
+        try:
+            return call_with_retry(  # type: ignore[no-any-return]
+                once,
+                what=what,
+                is_retryable=_is_transient,
+                policy=self.retry_policy,
+                wait_hint=_wait_hint,
+                sleep=self.sleep,
+            )
+        except Exception as e:
+            refusal = _refusal(e)
+            if refusal is None:
+                raise
+            scope = self._scope or self._extra.get("subscriptionId") or "the scope"
+            raise CredentialsError(
+                f"{what}: the credentials of connection {self.conn_id!r} were refused ({refusal}); renew the "
+                "connection's client secret (its password) or federated credential if it expired, check tenantId, "
+                f"and grant its service principal the Cost Management Reader role (Reader for resources) on {scope}"
+            ) from e
 
     def _post_next(self, next_link: str, body: Mapping[str, Any]) -> dict[str, Any]:
         from azure.core.exceptions import HttpResponseError
@@ -371,70 +474,113 @@ class AzureCostManagementHook(AzureBaseHook):
         if (window[1] - window[0]).days > _MAX_DAYS:
             raise ValueError(f"window of {(window[1] - window[0]).days} days: the Query API takes at most a year")
         before = self.requests_made
-        merged: dict[tuple[dt.date, str, str, str, str], dict[str, Decimal]] = {}
-        for cost_type in [t for t in COST_TYPES if t == "ActualCost" or self.amortized]:
-            body = self.query_body(
-                cost_type, window, tag_key=tag_key, cost_column=self.cost_column, tag_values=tag_values
-            )
-            for page in self.query_pages(body):
-                for group, amount in self._page_rows(page, tag_key):
-                    slot = merged.setdefault(group, {})
-                    slot[cost_type] = exact_sum((slot.get(cost_type, Decimal(0)), amount))
+        queries = [
+            (t, self.query_body(t, window, tag_key=tag_key, cost_column=self.cost_column, tag_values=tag_values))
+            for t in COST_TYPES
+            if t == "ActualCost" or self.amortized
+        ]
+        merged = self._merge_queries(queries, partial(self._page_rows, tag_key=tag_key))
         res = CollectResult(source=SOURCE, window=window)
-        for (day, tag, value, service, currency), amounts in sorted(merged.items()):
-            res.records.append(self._record(day, tag, value, service, currency, amounts))
+        res.records, res.bad_rows = merged.build(lambda g, amounts: self._record(g[0], g[1], g[2], g[3], g[4], amounts))
         res.requests = self.requests_made - before
         scope = f"{SOURCE}:{self.scope}:{tag_key}:{self.cost_column}" + (":amortized" if self.amortized else "")
         if tag_values:
             scope += f":{','.join(sorted(tag_values))}"
         res.scope = bounded_scope(scope)
         self.log.info(
-            "Cost Management %s %s..%s by tag %s: %d records in %d request(s) (%d queries)",
+            "Cost Management %s %s..%s by tag %s: %d records, %d bad rows quarantined, in %d request(s) (%d queries)",
             self.scope,
             window[0].date(),
             window[1].date(),
             tag_key,
             len(res.records),
+            len(res.bad_rows),
             res.requests,
             2 if self.amortized else 1,
         )
         return res
 
-    def _page_rows(
-        self, page: Mapping[str, Any], tag_key: str
-    ) -> Iterator[tuple[tuple[dt.date, str, str, str, str], Decimal]]:
+    def _merge_queries(
+        self,
+        queries: Sequence[tuple[str, Mapping[str, Any]]],
+        page_rows: Callable[..., Iterator[tuple[int, Any, Mapping[str, Decimal] | BadRow]]],
+    ) -> _Merged:
+        """Run each (cost type, body) query over all its pages and sum the amounts of every row per group.
+
+        ``page_rows(page, cost_type=..., numbers=..., warned=...)`` yields (row number, group, amounts) per row, or a
+        :class:`BadRow` (with its group when the group could be read) for a row with a bad value.
+        """
+        merged = _Merged()
+        numbers, warned = itertools.count(1), set[str]()
+        for cost_type, body in queries:
+            for page in self.query_pages(body):
+                for n, group, item in page_rows(page, cost_type=cost_type, numbers=numbers, warned=warned):
+                    merged.add(n, group, item)
+        return merged
+
+    def _page_columns(
+        self, page: Mapping[str, Any], known: frozenset[str], warned: set[str]
+    ) -> tuple[list[str], dict[str, int], list[Any]]:
+        """(column names, name -> index, rows) of a Query API page; unknown columns are logged once per collection."""
         props = page.get("properties") or {}
-        names = [c.get("name") for c in props.get("columns") or []]
-        idx = {n: i for i, n in enumerate(names)}
+        names = [str(c.get("name")) for c in props.get("columns") or []]
+        unknown = [n for n in names if n not in known and n not in warned]
+        if unknown:
+            warned.update(unknown)
+            self.log.warning(
+                "Query API answer has %d unknown column(s), ignored: %s", len(unknown), ", ".join(unknown[:20])
+            )
+        return names, {n: i for i, n in enumerate(names)}, list(props.get("rows") or [])
+
+    def _page_rows(
+        self,
+        page: Mapping[str, Any],
+        *,
+        tag_key: str,
+        cost_type: str,
+        numbers: Iterator[int],
+        warned: set[str],
+    ) -> Iterator[tuple[int, _Group | None, Mapping[str, Decimal] | BadRow]]:
+        """(row number, group, amount) per row; a row with a bad value is a :class:`BadRow` (with its group when
+        the group could be read). A missing column is not a bad row but a wrong answer: it raises."""
+        names, idx, rows = self._page_columns(page, QUERY_COLUMNS, warned)
         cost_col = next((c for c in (self.cost_column, *COST_COLUMNS) if c in idx), None)
-        rows = props.get("rows") or []
         if rows and cost_col is None:
             raise RecordError(
-                "BilledCost", f"no cost column in the Query API answer (columns: {names}); check cost_column"
+                "BilledCost",
+                f"the Query API answer has no cost column {self.cost_column} (columns: {names}); set cost_column "
+                f"to the one the account reports ({', '.join(COST_COLUMNS)})",
             )
         if rows and "UsageDate" not in idx:
-            raise RecordError("ChargePeriodStart", f"no UsageDate column in the answer (columns: {names})")
+            raise RecordError("ChargePeriodStart", f"the Query API answer has no UsageDate column (columns: {names})")
+        usd = bool(cost_col and cost_col.endswith("USD"))
+        if rows and "Currency" not in idx and not usd:
+            raise RecordError("BillingCurrency", f"the Query API answer has no Currency column (columns: {names})")
         for row in rows:
+            n = next(numbers)
 
             def col(name: str, row: Sequence[Any] = row) -> Any:
                 i = idx.get(name)
                 return row[i] if i is not None and i < len(row) else None
 
-            currency = col("Currency") or ("USD" if cost_col and cost_col.endswith("USD") else None)
-            if not currency:
-                raise RecordError("BillingCurrency", f"no Currency column in the answer (columns: {names})")
             value = col("TagValue")
             key = (col("TagKey") or tag_key) if value else ""
-            yield (
-                (
-                    _usage_day(col("UsageDate")),
-                    str(key),
-                    str(value or ""),
-                    str(col("ServiceName") or ""),
-                    str(currency),
-                ),
-                _amount(col(str(cost_col)), str(cost_col)),
-            )
+            service = str(col("ServiceName") or "")
+            raw = {name: col(name) for name in names}
+            try:
+                day = _usage_day(col("UsageDate"))
+            except (ValueError, TypeError) as e:
+                where = f"Query API {cost_type} row {n} ({key}={value or ''} {service})"
+                yield n, None, BadRow(n, "ChargePeriodStart", f"{where}: UsageDate is not a date ({e})", raw)
+                continue
+            where = f"Query API {cost_type} row {n} ({day} {key}={value or ''} {service})"
+            group = (day, str(key), str(value or ""), service, str(col("Currency") or ("USD" if usd else "")))
+            try:
+                amount = _amount(col(str(cost_col)), str(cost_col))
+            except (ValueError, ArithmeticError) as e:
+                yield n, group, BadRow(n, COST_FIELDS.get(cost_type, "BilledCost"), f"{where}: {e}", raw)
+                continue
+            yield n, group, {cost_type: amount}
 
     def _record(
         self, day: dt.date, key: str, value: str, service: str, currency: str, amounts: Mapping[str, Decimal]

@@ -134,15 +134,22 @@ class DatabricksCostHook(DatabricksSqlHook):
         res = CollectResult(source=SOURCE, window=(start, end), scope=f"databricks:{self.catalog_name}", requests=1)
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
         for i, r in enumerate(rows):
-            qty = to_decimal(r["usage_quantity"], field_name="usage_quantity")
-            if str(r.get("record_type") or "").upper() == "RETRACTION" and qty > 0:
-                qty = -qty  # a retraction cancels usage: it is negative by definition
             day = r["usage_date"]
             day = day if isinstance(day, dt.date) else dt.date.fromisoformat(str(day)[:10])
-            billed_price = _price_of(r.get("pricing"), "effective_list", "default") or _price_of(
-                r.get("pricing"), "default"
-            )
-            list_price = _price_of(r.get("pricing"), "default")
+            try:
+                field = "usage_quantity"
+                qty = to_decimal(r["usage_quantity"], field_name="usage_quantity")
+                field = "pricing"
+                billed_price = _price_of(r.get("pricing"), "effective_list", "default") or _price_of(
+                    r.get("pricing"), "default"
+                )
+                list_price = _price_of(r.get("pricing"), "default")
+            except (ValueError, ArithmeticError) as e:  # quarantined; the other usage records land
+                raw = {k: str(r.get(k)) for k in ("record_id", "usage_date", "sku_name", "usage_quantity", "pricing")}
+                res.bad_rows.append(BadRow(i + 1, field, f"usage record {r.get('record_id')}: {e}", raw))
+                continue
+            if str(r.get("record_type") or "").upper() == "RETRACTION" and qty > 0:
+                qty = -qty  # a retraction cancels usage: it is negative by definition
             currency = r.get("currency_code")
             price_source = "system.billing.list_prices"
             if billed_price is None:

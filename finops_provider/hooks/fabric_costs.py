@@ -33,6 +33,7 @@ from finops_provider.collect import CollectResult, ingest_collected
 from finops_provider.core.azure_sizing import fabric_capacity_units, is_paused
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.estimate import TaskTry
+from finops_provider.core.focus import BadRow
 from finops_provider.core.ledger import IngestResult, Ledger
 from finops_provider.core.money import MONEY_CONTEXT, Money, to_decimal
 from finops_provider.core.platforms import estimate_record, hours_between, ledger_amount, split_capacity, utc
@@ -68,14 +69,18 @@ _METRIC_COLUMNS = {
 }
 
 
+def metric_field(column: str) -> str | None:
+    """Our field for a Capacity Metrics column (``Items[WorkspaceName]`` -> ``workspace``), None when not read."""
+    name = str(column).rsplit("[", 1)[-1].rstrip("]")
+    return _METRIC_COLUMNS.get(re.sub(r"[^a-z0-9]", "", name.lower()))
+
+
 def metric_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """One Capacity Metrics row with our field names: ``Items[WorkspaceName]`` / ``CU (s)`` / ``sum_CU`` ... are read
     by name (the table prefix and punctuation are ignored)."""
     out: dict[str, Any] = {}
     for key, value in row.items():
-        name = str(key).rsplit("[", 1)[-1].rstrip("]")
-        norm = re.sub(r"[^a-z0-9]", "", name.lower())
-        field = _METRIC_COLUMNS.get(norm)
+        field = metric_field(str(key))
         if field and field not in out:
             out[field] = value
     if "cu_seconds" not in out or "date" not in out:
@@ -130,7 +135,8 @@ class FabricCostHook(ArmReadMixin, AzureCostManagementHook):
         body: dict[str, Any] = {"queries": [{"query": dax}], "serializerSettings": {"includeNulls": True}}
 
         def once() -> dict[str, Any]:
-            r = requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=120)
+            headers = {"Authorization": f"Bearer {token}"}
+            r = requests.post(url, json=body, headers=headers, timeout=self.timeout or 120)
             r.raise_for_status()
             return r.json()  # type: ignore[no-any-return]
 
@@ -172,18 +178,11 @@ class FabricCostHook(ArmReadMixin, AzureCostManagementHook):
             if not dax:
                 raise ValueError("dataset_id needs dax= (the Capacity Metrics query returning CU seconds per item)")
             metrics = self.metrics_query(dataset_id, dax)
-        consumption: dict[dt.date, dict[str, Decimal]] = defaultdict(dict)
-        info: dict[str, dict[str, Any]] = {}
-        with localcontext(MONEY_CONTEXT):
-            for raw in metrics:
-                m = metric_row(raw)
-                day = utc(str(m["date"])[:10]).date()
-                key = _SEP.join(str(m.get(k) or "") for k in ("workspace", "item", "operation_id"))
-                consumption[day][key] = consumption[day].get(key, Decimal(0)) + to_decimal(m["cu_seconds"])
-                info[key] = m
+        consumption, info, bad = self._consumption(metrics)
         if running is None:
             running = [] if is_paused(state) else [(start, min(end, now))]
         res = CollectResult(source=SOURCE, window=(start, end), scope=bounded_scope(f"{SOURCE}:{self.capacity_id}"))
+        res.bad_rows = bad
         name = self.capacity_id.rsplit("/", 1)[-1]
         for d0, d1 in _days(start, end):
             hours = sum((hours_between(max(a, d0), min(b, d1)) for a, b in running), Decimal(0))
@@ -203,9 +202,68 @@ class FabricCostHook(ArmReadMixin, AzureCostManagementHook):
             res.records.append(self._idle(d0, idle, capacity_cus, hours, name, sku, state))
         res.requests = self.requests_made - before
         self.log.info(
-            "Fabric %s (%s, %s) %s..%s: %d records", name, sku, state, start.date(), end.date(), len(res.records)
+            "Fabric %s (%s, %s) %s..%s: %d records, %d bad metrics rows quarantined",
+            name,
+            sku,
+            state,
+            start.date(),
+            end.date(),
+            len(res.records),
+            len(res.bad_rows),
         )
         return res
+
+    def _consumption(
+        self, metrics: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[dt.date, dict[str, Decimal]], dict[str, dict[str, Any]], list[BadRow]]:
+        """CU-seconds per day and owner key, each key's metrics row, and the rows that could not be read.
+
+        A column the collector does not read is logged once; no date or CU column at all is an error naming it.
+        A row with an unreadable date or CU value is quarantined (its CU-seconds count as idle, so the day's cost
+        still adds up).
+        """
+        columns = list(dict.fromkeys(str(k) for raw in metrics for k in raw))
+        fields = {c: metric_field(c) for c in columns}
+        unknown = [c for c, f in fields.items() if f is None]
+        if unknown:
+            self.log.warning(
+                "Capacity Metrics rows have %d column(s) the collector does not read, ignored: %s",
+                len(unknown),
+                ", ".join(unknown[:20]),
+            )
+        missing = [f for f in ("date", "cu_seconds") if metrics and f not in fields.values()]
+        if missing:
+            names = {"date": "a date (Date / TimePoint)", "cu_seconds": "CU (s) (CU seconds / sum_CU)"}
+            raise ValueError(
+                f"Capacity Metrics rows have no column for {' or '.join(names[m] for m in missing)}; got columns "
+                f"{columns}: the DAX query must return the date and the CU seconds per item"
+            )
+        consumption: dict[dt.date, dict[str, Decimal]] = defaultdict(dict)
+        info: dict[str, dict[str, Any]] = {}
+        bad: list[BadRow] = []
+        for n, raw in enumerate(metrics, start=1):
+            safe = {str(k): v for k, v in raw.items()}
+            try:
+                m = metric_row(raw)
+            except ValueError as e:
+                bad.append(BadRow(n, "ConsumedQuantity", f"Capacity Metrics row {n}: {e}", safe))
+                continue
+            where = f"Capacity Metrics row {n} ({m.get('workspace')} / {m.get('item')})"
+            try:
+                day = utc(str(m["date"])[:10]).date()
+            except (ValueError, TypeError) as e:
+                bad.append(BadRow(n, "ChargePeriodStart", f"{where}: date {m['date']!r} ({e})", safe))
+                continue
+            try:
+                cu = to_decimal(m["cu_seconds"], field_name="CU (s)")
+            except ValueError as e:
+                bad.append(BadRow(n, "ConsumedQuantity", f"{where}: {e}; its CU-seconds count as idle", safe))
+                continue
+            key = _SEP.join(str(m.get(k) or "") for k in ("workspace", "item", "operation_id"))
+            with localcontext(MONEY_CONTEXT):
+                consumption[day][key] = consumption[day].get(key, Decimal(0)) + cu
+            info[key] = m
+        return consumption, info, bad
 
     def _base(self, d0: dt.datetime, money: Money, name: str, sku: str) -> dict[str, Any]:
         return {

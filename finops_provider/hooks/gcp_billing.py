@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
 
-from finops_provider.collect import CollectResult, ingest_collected
+from finops_provider.collect import CollectResult, CredentialsError, ingest_collected
 from finops_provider.core.config import AttributionConfig, FinOpsConfig
+from finops_provider.core.focus import BadRow
 from finops_provider.core.money import exact_sum
 from finops_provider.core.records import CostRecord, RecordError, build_record
-from finops_provider.core.retry import RetryPolicy, call_with_retry
+from finops_provider.core.retry import RetryPolicy, call_with_retry, retry_after_seconds
 from finops_provider.hooks._window import bounded_scope, day_window
 
 if TYPE_CHECKING:
@@ -53,6 +54,20 @@ OWNER_DIMENSIONS: dict[str, str] = {
 CHARGE_CATEGORIES = {"regular": "Usage", "tax": "Tax", "adjustment": "Adjustment", "rounding_error": "Adjustment"}
 #: columns that may be partition filters (BigQuery cannot take identifiers as query parameters)
 PARTITION_COLUMNS = ("_PARTITIONTIME", "export_time")
+#: export columns the billing query reads (``resource`` too with ``include_resource``): a table without one of
+#: them is not a billing export, or its schema changed
+REQUIRED_COLUMNS = (
+    "billing_account_id", "service", "sku", "usage_start_time", "project", "labels", "location", "cost", "currency",
+    "usage", "credits", "invoice", "cost_type",
+)  # fmt: skip
+#: the other documented columns of the standard and detailed exports; any further column is logged once (ignored)
+OPTIONAL_COLUMNS = frozenset(
+    {
+        "usage_end_time", "system_labels", "resource", "tags", "transaction_type", "seller_name", "export_time",
+        "currency_conversion_rate", "adjustment_info", "price", "cost_at_list", "cost_at_effective_price",
+        "cost_at_list_consumption_model", "consumption_model", "subscription", "_PARTITIONTIME", "_PARTITIONDATE",
+    }
+)  # fmt: skip
 
 _PROJECT_RE = re.compile(r"^(?:[a-z][a-z0-9.-]{0,61}[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
@@ -235,11 +250,36 @@ def _is_transient(exc: BaseException) -> bool:
         return bool(reasons & _RETRYABLE_REASONS)
     import requests
 
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout))
+    # TimeoutError: job.result() gave up waiting (its requests timed out); reading again is safe
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, TimeoutError))
 
 
 class _JobFailedRetryableError(RuntimeError):
     """The query job itself failed for a transient reason (backendError, rateLimitExceeded): run it again."""
+
+
+class _TruncatedResultError(RuntimeError):
+    """Fewer result rows arrived than the job reported (a page was cut short): read the results again."""
+
+
+def _wait_hint(exc: BaseException) -> float | None:
+    """The server's ``Retry-After`` (seconds), when its answer had one."""
+    return retry_after_seconds(getattr(getattr(exc, "response", None), "headers", None))
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """Why Google refused the connection's credentials (401, 403 accessDenied, a failed token exchange), else None."""
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as aexc
+
+    if isinstance(exc, aexc.GoogleAuthError) and not isinstance(exc, aexc.TransportError):
+        return f"{type(exc).__name__}: {str(exc.args[0] if exc.args else exc)[:200]}"
+    if isinstance(exc, (gexc.Unauthorized, gexc.Forbidden)):
+        reasons = sorted({str(e.get("reason")) for e in (exc.errors or []) if isinstance(e, dict) and e.get("reason")})
+        if isinstance(exc, gexc.Forbidden) and not {"accessDenied", "forbidden", "unauthorized"} & set(reasons):
+            return None  # billingNotEnabled, quotaExceeded...: not the credentials
+        return " ".join([f"HTTP {exc.code}", *reasons])
+    return None
 
 
 class GcpBillingExportHook(BigQueryHook):
@@ -270,8 +310,11 @@ class GcpBillingExportHook(BigQueryHook):
     :param include_resource: also group by ``resource.global_name`` / ``resource.name`` (detailed export only).
     :param maximum_bytes_billed: fail the query instead of billing more than this many bytes.
     :param page_size: rows per ``getQueryResults`` page.
-    :param retry_policy: backoff for 429 / 5xx / rateLimitExceeded (the SDK's own retries are off).
+    :param retry_policy: backoff for 429 / 5xx / rateLimitExceeded / timeouts (the SDK's own retries are off);
+        a ``Retry-After`` from the server is honoured.
     :param sleep: the wait function between attempts (tests inject one).
+    :param timeout: seconds each BigQuery HTTP request may take before it counts as failed (and is retried); the
+        client would otherwise wait forever on a stalled connection.
     """
 
     conn_name_attr = "gcp_conn_id"
@@ -295,6 +338,7 @@ class GcpBillingExportHook(BigQueryHook):
         page_size: int = 10_000,
         retry_policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        timeout: float = 120.0,
         impersonation_chain: str | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -323,6 +367,7 @@ class GcpBillingExportHook(BigQueryHook):
         self.page_size = page_size
         self.retry_policy = retry_policy or RetryPolicy()
         self.sleep = sleep
+        self.timeout = timeout
         self.requests_made = 0
 
     # ------------------------------------------------------------------ client
@@ -337,6 +382,15 @@ class GcpBillingExportHook(BigQueryHook):
         client = self.get_client(project_id=self.project_id, location=self.location)
         # every HTTP answer (including 429 / 5xx ones) is one API request: count them where they happen
         client._http.hooks["response"].append(self._count_response)
+        # the client sends most requests with timeout=None (wait forever): bound every one of them
+        send, limit = client._http.request, self.timeout
+
+        def request(method: str, url: str, *args: Any, timeout: Any = None, **kwargs: Any) -> Any:
+            if timeout is None or (isinstance(timeout, int | float) and timeout > limit):
+                timeout = limit
+            return send(method, url, *args, timeout=timeout, **kwargs)
+
+        client._http.request = request
         return client
 
     def _count_response(self, response: Any, *args: Any, **kwargs: Any) -> Any:
@@ -360,16 +414,55 @@ class GcpBillingExportHook(BigQueryHook):
         )
 
     def _retry(self, fn: Callable[[], Any], what: str, retryable: Callable[[BaseException], bool]) -> Any:
-        return call_with_retry(fn, what=what, is_retryable=retryable, policy=self.retry_policy, sleep=self.sleep)
+        try:
+            return call_with_retry(
+                fn, what=what, is_retryable=retryable, policy=self.retry_policy, wait_hint=_wait_hint, sleep=self.sleep
+            )
+        except Exception as e:
+            refusal = None if isinstance(e, CredentialsError) else _refusal(e)
+            if refusal is None:
+                raise
+            raise CredentialsError(
+                f"{what}: the credentials of connection {self.gcp_conn_id!r} were refused ({refusal}); renew the "
+                "connection's service-account key (or its impersonation / workload identity) if it expired or was "
+                "revoked, and grant the service account roles/bigquery.jobUser on the project and "
+                "roles/bigquery.dataViewer on the billing export dataset"
+            ) from e
 
     def has_list_cost(self) -> bool:
-        """Whether the export table has ``cost_at_list`` (one free ``tables.get``, cached on the hook)."""
+        """Whether the export table has ``cost_at_list`` (one free ``tables.get``, cached on the hook).
+
+        The same call checks the schema: a missing required column raises :class:`BillingExportConfigError`
+        naming it, columns the collector does not know are logged once and ignored.
+        """
         if self.list_cost is None:
             table = self._retry(
                 lambda: self.client.get_table(self.table_ref(), retry=None), "BigQuery tables.get", _is_transient
             )
-            self.list_cost = any(f.name == "cost_at_list" for f in table.schema)
+            names = [f.name for f in table.schema]
+            self.check_schema(names)
+            self.list_cost = "cost_at_list" in names
         return bool(self.list_cost)
+
+    def check_schema(self, names: Sequence[str]) -> None:
+        """Required export columns present (else :class:`BillingExportConfigError`); unknown ones warned about."""
+        have = set(names)
+        required = (*REQUIRED_COLUMNS, "resource") if self.include_resource else REQUIRED_COLUMNS
+        missing = [c for c in required if c not in have]
+        if missing:
+            raise BillingExportConfigError(
+                f"export table {self.table_ref()} has no column {', '.join(missing)}: it is not a Cloud Billing "
+                "export (standard, or detailed with include_resource) or its schema changed; point dataset= / "
+                "table= at the export table"
+            )
+        unknown = [n for n in names if n not in REQUIRED_COLUMNS and n not in OPTIONAL_COLUMNS]
+        if unknown:
+            self.log.warning(
+                "export table %s has %d column(s) the collector does not read, ignored: %s",
+                self.table_ref(),
+                len(unknown),
+                ", ".join(unknown[:20]),
+            )
 
     # ------------------------------------------------------------------- query
     def run_query(self, sql: str, params: Sequence[QueryParam]) -> tuple[list[Any], Any]:
@@ -401,7 +494,7 @@ class GcpBillingExportHook(BigQueryHook):
         def read(job: Any) -> list[Any]:
             try:
                 rows_iter = job.result(page_size=self.page_size, retry=None, job_retry=None)
-                return list(rows_iter)
+                rows = list(rows_iter)
             except Exception as e:
                 err = getattr(job, "error_result", None) or {}
                 if err:
@@ -409,15 +502,33 @@ class GcpBillingExportHook(BigQueryHook):
                         raise _JobFailedRetryableError(f"job {job.job_id} failed: {err.get('reason')}") from e
                     raise
                 raise
+            total = rows_iter.total_rows
+            if total is not None and len(rows) != total:
+                raise _TruncatedResultError(f"job {job.job_id}: {len(rows)} of {total} result rows arrived (truncated)")
+            return rows
 
         def attempt() -> tuple[list[Any], Any]:
-            job = self._retry(insert, "BigQuery jobs.insert", _is_transient)
+            current = {"job": self._retry(insert, "BigQuery jobs.insert", _is_transient)}
+
+            def read_current() -> list[Any]:
+                job = current["job"]
+                try:
+                    return read(job)
+                except _TruncatedResultError:  # the job object keeps the pages it read: re-read through a new one
+                    current["job"] = self.client.get_job(
+                        job.job_id, project=job.project, location=job.location, retry=None
+                    )
+                    raise
+
             rows = self._retry(
-                lambda: read(job),
+                read_current,
                 "BigQuery getQueryResults",
-                lambda e: _is_transient(e) and not isinstance(e, _JobFailedRetryableError),
+                lambda e: (
+                    isinstance(e, _TruncatedResultError)
+                    or (_is_transient(e) and not isinstance(e, _JobFailedRetryableError))
+                ),
             )
-            return rows, job
+            return rows, current["job"]
 
         return self._retry(  # type: ignore[no-any-return]
             attempt, "BigQuery billing query", lambda e: isinstance(e, _JobFailedRetryableError)
@@ -457,8 +568,12 @@ class GcpBillingExportHook(BigQueryHook):
         )
         rows, job = self.run_query(sql, params)
         res = CollectResult(source=SOURCE, window=window)
-        for row in rows:
-            res.records.append(self._record(dict(row.items())))
+        for n, row in enumerate(rows, start=1):
+            group = dict(row.items())
+            try:
+                res.records.append(self._record(group))
+            except RecordError as e:  # quarantined in the same ledger batch; the valid groups land
+                res.bad_rows.append(BadRow(n, e.field, e.message, {k: str(v) for k, v in group.items()}))
         res.requests = self.requests_made - before
         res.bytes_scanned = int(job.total_bytes_processed or 0)
         scope = f"{SOURCE}:{table_ref}" + (":resource" if self.include_resource else "")
@@ -466,11 +581,13 @@ class GcpBillingExportHook(BigQueryHook):
             scope += f":{label_key}={','.join(sorted(label_values))}"
         res.scope = bounded_scope(scope)
         self.log.info(
-            "Billing export %s %s..%s: %d records, %d request(s), %s bytes processed, %s bytes billed",
+            "Billing export %s %s..%s: %d records, %d bad rows quarantined, %d request(s), %s bytes processed, "
+            "%s bytes billed",
             table_ref,
             window[0].date(),
             window[1].date(),
             len(res.records),
+            len(res.bad_rows),
             res.requests,
             res.bytes_scanned,
             job.total_bytes_billed,

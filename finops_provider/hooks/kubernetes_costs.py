@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from decimal import Decimal, localcontext
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
-from finops_provider.collect import CollectResult, ingest_collected
+from finops_provider.collect import CollectResult, CredentialsError, ingest_collected
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.estimate import TaskTry
+from finops_provider.core.focus import BadRow
 from finops_provider.core.ledger import IngestResult, Ledger
 from finops_provider.core.money import MONEY_CONTEXT, Money
 from finops_provider.core.platforms import (
@@ -44,7 +46,8 @@ from finops_provider.core.platforms import (
     utc,
 )
 from finops_provider.core.pricing import RateCard
-from finops_provider.core.records import CostRecord, build_record
+from finops_provider.core.records import CostRecord, RecordError, build_record
+from finops_provider.core.retry import RetryPolicy, call_with_retry, retry_after_seconds
 from finops_provider.hooks._sql import rate_card_for
 
 PLATFORM = "kubernetes"
@@ -71,16 +74,29 @@ def _days(start: dt.datetime, end: dt.datetime) -> Iterator[tuple[dt.datetime, d
         d += dt.timedelta(days=1)
 
 
+def _quantity(value: Any, field: str, container: Any) -> Decimal:
+    """A resource quantity; an unreadable one raises :class:`RecordError` naming the field and the container."""
+    try:
+        return parse_k8s_quantity(value)
+    except (ValueError, ArithmeticError) as e:
+        raise RecordError(field, f"container {container}: {e}") from None
+
+
 def pod_requests(pod: dict[str, Any]) -> dict[str, Decimal]:
-    """Summed container requests (cpu cores, memory bytes, gpus); GPUs fall back to limits."""
+    """Summed container requests (cpu cores, memory bytes, gpus); GPUs fall back to limits.
+
+    :raises RecordError: for a quantity that is not a Kubernetes quantity (the field is named).
+    """
     out = {"cpu": Decimal(0), "memory": Decimal(0), "gpu": Decimal(0)}
     with localcontext(MONEY_CONTEXT):
         for c in (pod.get("spec") or {}).get("containers") or []:
             res = c.get("resources") or {}
             req, lim = res.get("requests") or {}, res.get("limits") or {}
-            out["cpu"] += parse_k8s_quantity(req.get("cpu"))
-            out["memory"] += parse_k8s_quantity(req.get("memory"))
-            out["gpu"] += sum((parse_k8s_quantity(req.get(k) or lim.get(k)) for k in GPU_KEYS), Decimal(0))
+            name = c.get("name")
+            out["cpu"] += _quantity(req.get("cpu"), "resources.requests.cpu", name)
+            out["memory"] += _quantity(req.get("memory"), "resources.requests.memory", name)
+            for k in GPU_KEYS:
+                out["gpu"] += _quantity(req.get(k) or lim.get(k), f"resources.requests.{k}", name)
     return out
 
 
@@ -92,28 +108,49 @@ def pod_usage(metrics_item: dict[str, Any] | None) -> dict[str, Decimal] | None:
     with localcontext(MONEY_CONTEXT):
         for c in metrics_item.get("containers") or []:
             u = c.get("usage") or {}
-            out["cpu"] += parse_k8s_quantity(u.get("cpu"))
-            out["memory"] += parse_k8s_quantity(u.get("memory"))
+            out["cpu"] += _quantity(u.get("cpu"), "usage.cpu", c.get("name"))
+            out["memory"] += _quantity(u.get("memory"), "usage.memory", c.get("name"))
     return out
 
 
 def pod_interval(pod: dict[str, Any], now: dt.datetime) -> tuple[dt.datetime, dt.datetime] | None:
-    """When the pod held its node: startTime .. last container finish (or now while it runs)."""
+    """When the pod held its node: startTime .. last container finish (or now while it runs).
+
+    :raises RecordError: for a timestamp that cannot be read.
+    """
     status = pod.get("status") or {}
     started = status.get("startTime")
     if not started:
         return None  # never scheduled: holds no node resources
-    start = utc(started)
-    if status.get("phase") in ("Succeeded", "Failed"):
-        ends = [
-            utc(s["state"]["terminated"]["finishedAt"])
-            for s in status.get("containerStatuses") or []
-            if (s.get("state") or {}).get("terminated", {}).get("finishedAt")
-        ]
-        end = max(ends) if ends else start
-    else:
-        end = now
+    try:
+        start = utc(started)
+        if status.get("phase") in ("Succeeded", "Failed"):
+            ends = [
+                utc(s["state"]["terminated"]["finishedAt"])
+                for s in status.get("containerStatuses") or []
+                if (s.get("state") or {}).get("terminated", {}).get("finishedAt")
+            ]
+            end = max(ends) if ends else start
+        else:
+            end = now
+    except (ValueError, TypeError) as e:
+        raise RecordError("status.startTime", f"pod times cannot be read: {e}") from None
     return start, max(start, min(end, now))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """429 (API priority and fairness), 5xx, timeouts, dropped connections and cut-off answers."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(exc, ApiException):
+        return exc.status == 429 or (exc.status or 0) >= 500
+    return isinstance(exc, (HTTPError, TimeoutError, ConnectionError, json.JSONDecodeError))
+
+
+def _wait_hint(exc: BaseException) -> float | None:
+    """The API server's ``Retry-After`` (sent with 429 and some 5xx answers)."""
+    return retry_after_seconds(getattr(exc, "headers", None))
 
 
 def pod_attribution(pod: dict[str, Any]) -> dict[str, str | None]:
@@ -131,6 +168,9 @@ class KubernetesCostHook(KubernetesHook):
     :param kubernetes_conn_id: the cncf-kubernetes connection (default ``kubernetes_default``).
     :param cluster_name: names the cluster in records (``sub_account_id``) and in the collection scope.
     :param rate_card: prices (default: the shipped cards, OpenCost defaults).
+    :param retry_policy: backoff for 429 / 5xx / timeouts; the API server's ``Retry-After`` is honoured.
+    :param sleep: the wait function between attempts (tests inject one).
+    :param timeout: seconds each API request may take before it counts as failed (and is retried).
     """
 
     hook_name = "Kubernetes costs (FinOps)"
@@ -141,23 +181,83 @@ class KubernetesCostHook(KubernetesHook):
         kubernetes_conn_id: str = "kubernetes_default",
         cluster_name: str = "default",
         rate_card: RateCard | None = None,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        timeout: float = 60.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(conn_id=kubernetes_conn_id, **kwargs)
         self.cluster_name = cluster_name
         self.rate_card = rate_card or RateCard.load()
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.sleep = sleep
+        self.timeout = timeout
         self.requests_made = 0
 
+    def get_conn(self) -> Any:
+        """The provider's API client with urllib3's own retries off: our backoff is the one retry policy (urllib3
+        would otherwise re-send timed-out reads and sleep out a 429's Retry-After itself, outside the budget)."""
+        api_client = super().get_conn()
+        pool = api_client.rest_client.pool_manager
+        pool.connection_pool_kw["retries"] = False
+        pool.clear()
+        return api_client
+
     # ------------------------------------------------------------------ API reads (raw JSON, real shapes)
-    def _list(self, call: Any, *args: Any) -> list[dict[str, Any]]:
+    def _get(
+        self,
+        call: Callable[..., Any],
+        *args: Any,
+        what: str,
+        retryable: Callable[[BaseException], bool] = _is_transient,
+        **kw: Any,
+    ) -> dict[str, Any]:
+        """One API read as parsed JSON: bounded by ``timeout``, retried on 429 / 5xx / timeouts (``Retry-After``
+        honoured); refused credentials raise :class:`CredentialsError` naming the connection."""
+        from kubernetes.client.exceptions import ApiException
+
+        def once() -> dict[str, Any]:
+            self.requests_made += 1
+            resp = call(*args, _preload_content=False, _request_timeout=self.timeout, **kw)
+            return json.loads(resp.data)  # type: ignore[no-any-return]
+
+        try:
+            return call_with_retry(  # type: ignore[no-any-return]
+                once,
+                what=what,
+                is_retryable=retryable,
+                policy=self.retry_policy,
+                wait_hint=_wait_hint,
+                sleep=self.sleep,
+            )
+        except ApiException as e:
+            if e.status not in (401, 403):
+                raise
+            raise CredentialsError(
+                f"{what}: the Kubernetes API refused the credentials of connection {self.conn_id!r} "
+                f"(HTTP {e.status} {e.reason}); renew the kube config's token or client certificate if it expired, "
+                "and grant its user list on pods and nodes and on pods.metrics.k8s.io (a ClusterRole)"
+            ) from e
+
+    def _list(self, call: Any, what: str) -> list[dict[str, Any]]:
+        from kubernetes.client.exceptions import ApiException
+
         items: list[dict[str, Any]] = []
         token: str | None = None
+        restarts = 0
         while True:
-            kw: dict[str, Any] = {"limit": 500, "_preload_content": False}
+            kw: dict[str, Any] = {"limit": 500}
             if token:
                 kw["_continue"] = token
-            self.requests_made += 1
-            page = json.loads(call(*args, **kw).data)
+            try:
+                page = self._get(call, what=what, **kw)
+            except ApiException as e:
+                if e.status != 410 or not token or restarts >= 2:
+                    raise
+                # 410 Gone: the continue token expired mid-list; the list is read again from the start
+                self.log.warning("%s: continue token expired after %d items; listing again", what, len(items))
+                items, token, restarts = [], None, restarts + 1
+                continue
             items.extend(page.get("items") or [])
             token = (page.get("metadata") or {}).get("continue")
             if not token:
@@ -165,27 +265,31 @@ class KubernetesCostHook(KubernetesHook):
 
     def list_pods(self) -> list[dict[str, Any]]:
         """``GET /api/v1/pods`` (all namespaces, paginated)."""
-        return self._list(self.core_v1_client.list_pod_for_all_namespaces)
+        return self._list(self.core_v1_client.list_pod_for_all_namespaces, "GET /api/v1/pods")
 
     def list_nodes(self) -> list[dict[str, Any]]:
         """``GET /api/v1/nodes`` (paginated)."""
-        return self._list(self.core_v1_client.list_node)
+        return self._list(self.core_v1_client.list_node, "GET /api/v1/nodes")
 
     def pod_metrics(self) -> dict[tuple[str, str], dict[str, Any]] | None:
         """``GET /apis/metrics.k8s.io/v1beta1/pods`` keyed by (namespace, name); None without a metrics server."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self.requests_made += 1
-            resp = self.custom_object_client.list_cluster_custom_object(
-                "metrics.k8s.io", "v1beta1", "pods", _preload_content=False
+            page = self._get(
+                self.custom_object_client.list_cluster_custom_object,
+                "metrics.k8s.io",
+                "v1beta1",
+                "pods",
+                what="GET /apis/metrics.k8s.io/v1beta1/pods",
+                retryable=lambda e: _is_transient(e) and getattr(e, "status", None) != 503,
             )
         except ApiException as e:
-            if e.status in (404, 503):
+            if e.status in (404, 503):  # no metrics-server (503: its APIService is registered but down)
                 self.log.info("metrics.k8s.io not available (%s): pricing requests only", e.status)
                 return None
             raise
-        items = json.loads(resp.data).get("items") or []
+        items = page.get("items") or []
         return {(m["metadata"].get("namespace", ""), m["metadata"]["name"]): m for m in items}
 
     # ------------------------------------------------------------------ truth
@@ -200,14 +304,19 @@ class KubernetesCostHook(KubernetesHook):
         pods = self.list_pods()
         metrics = self.pod_metrics()
         res = CollectResult(source=SOURCE, window=(start, end), scope=f"k8s:{self.cluster_name}:pods")
-        for pod in pods:
-            iv = pod_interval(pod, now)
-            if iv is None:
-                continue
+        for n, pod in enumerate(pods, start=1):
             meta = pod.get("metadata") or {}
             ns, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid") or meta.get("name")
-            req = pod_requests(pod)
-            use = pod_usage(metrics.get((ns, name))) if metrics is not None else None
+            try:
+                iv = pod_interval(pod, now)
+                if iv is None:
+                    continue
+                req = pod_requests(pod)
+                use = pod_usage(metrics.get((ns, name))) if metrics is not None else None
+            except RecordError as e:  # quarantined in the same ledger batch; the other pods land
+                raw = {"namespace": ns, "name": name, "uid": uid, "spec": pod.get("spec"), "status": pod.get("status")}
+                res.bad_rows.append(BadRow(n, e.field, f"pod {ns}/{name}: {e.message}", raw))
+                continue
             basis = "max(request,usage)" if use is not None else "requests"
             amounts = {k: max(req[k], use[k]) if use is not None else req[k] for k in req}
             attribution = pod_attribution(pod)
@@ -229,7 +338,14 @@ class KubernetesCostHook(KubernetesHook):
                     )  # fmt: skip
         res.requests = self.requests_made - before
         res.notes.append(f"usage source: {'metrics.k8s.io' if metrics is not None else 'requests only'}")
-        self.log.info("Kubernetes %s: %d pods, %d records (%s)", self.cluster_name, len(pods), len(res.records), basis)
+        self.log.info(
+            "Kubernetes %s: %d pods, %d records, %d bad pods quarantined (%s)",
+            self.cluster_name,
+            len(pods),
+            len(res.records),
+            len(res.bad_rows),
+            "metrics.k8s.io" if metrics is not None else "requests only",
+        )
         return res
 
     def node_cost(
@@ -358,8 +474,7 @@ class KubernetesCostHook(KubernetesHook):
         if requests is None:
             if not (namespace and pod_name):
                 raise ValueError("estimate_run needs requests= or namespace= and pod_name=")
-            self.requests_made += 1
-            pod = json.loads(self.core_v1_client.read_namespaced_pod(pod_name, namespace, _preload_content=False).data)
+            pod = self._get(self.core_v1_client.read_namespaced_pod, pod_name, namespace, what="GET pod")
             req = pod_requests(pod)
         else:
             req = {k: parse_k8s_quantity(requests.get(k)) for k in ("cpu", "memory", "gpu")}

@@ -22,10 +22,11 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-from finops_provider.collect import CollectResult, ingest_collected
+from finops_provider.collect import CollectResult, CredentialsError, ingest_collected
 from finops_provider.core.allocation import split_shared
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.estimate import TaskTry
+from finops_provider.core.focus import BadRow
 from finops_provider.core.ledger import IngestResult, Ledger
 from finops_provider.core.money import MONEY_CONTEXT, Money, to_decimal
 from finops_provider.core.platforms import (
@@ -36,9 +37,11 @@ from finops_provider.core.platforms import (
     sql_timestamp,
     utc,
 )
-from finops_provider.core.pricing import RateCard
+from finops_provider.core.pricing import PriceNotFoundError, RateCard
 from finops_provider.core.records import CostRecord, build_record
+from finops_provider.core.retry import RetryPolicy, call_with_retry
 from finops_provider.hooks._sql import fetch_dicts, rate_card_for
+from finops_provider.hooks.aws_cost_explorer import _CREDENTIAL_CODES, _is_retryable
 
 PLATFORM = "redshift"
 SOURCE = "redshift"
@@ -51,6 +54,7 @@ class RedshiftCostHook(AwsBaseHook):
     :param aws_conn_id: the amazon provider connection (default ``aws_default``).
     :param redshift_conn_id: a ``redshift`` SQL connection for Serverless usage (``SYS_*`` views).
     :param connection: a DB-API connection to use for the Serverless SQL instead (the SQL seam).
+    :param retry_policy: backoff for throttling / 5xx / timeouts of the Redshift API (botocore's own retries are off).
     """
 
     conn_name_attr = "aws_conn_id"
@@ -65,21 +69,52 @@ class RedshiftCostHook(AwsBaseHook):
         redshift_conn_id: str | None = None,
         rate_card: RateCard | None = None,
         connection: Any = None,
+        retry_policy: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
+        if "config" not in kwargs:
+            from botocore.config import Config
+
+            # our backoff is the one retry policy; botocore's own retries would multiply requests
+            kwargs["config"] = Config(retries={"total_max_attempts": 1, "mode": "standard"})
         super().__init__(aws_conn_id=aws_conn_id, client_type="redshift", **kwargs)
         self.redshift_conn_id = redshift_conn_id
         self.rate_card = rate_card or RateCard.load()
         self._dbapi = connection
+        self.retry_policy = retry_policy or RetryPolicy()
         self.requests_made = 0
 
     def clusters(self) -> list[dict[str, Any]]:
-        """Every provisioned cluster (``DescribeClusters``, paginated)."""
+        """Every provisioned cluster (``DescribeClusters``, following ``Marker``; each page retried on its own).
+
+        :raises CredentialsError: when AWS refuses the connection's credentials (names the connection).
+        """
         out: list[dict[str, Any]] = []
-        for page in self.conn.get_paginator("describe_clusters").paginate():
-            self.requests_made += 1
+        marker: str | None = None
+        while True:
+            params = {"Marker": marker} if marker else {}
+
+            def once(params: dict[str, Any] = params) -> dict[str, Any]:
+                self.requests_made += 1
+                return self.conn.describe_clusters(**params)  # type: ignore[no-any-return]
+
+            try:
+                page = call_with_retry(
+                    once, what="Redshift DescribeClusters", is_retryable=_is_retryable, policy=self.retry_policy
+                )
+            except Exception as e:
+                resp = getattr(e, "response", None)
+                code = resp.get("Error", {}).get("Code", "") if isinstance(resp, dict) else ""
+                if code in _CREDENTIAL_CODES:
+                    raise CredentialsError(
+                        f"Redshift refused the credentials of connection {self.aws_conn_id!r} ({code}); renew or fix "
+                        "that connection's keys / role (it needs redshift:DescribeClusters)"
+                    ) from e
+                raise
             out.extend(page.get("Clusters", []))
-        return out
+            marker = page.get("Marker")
+            if not marker:
+                return out
 
     def _record(
         self, day: dt.datetime, cost: Money, qty: Decimal, unit: str, sku: str, *, line: str, tags: dict[str, str],
@@ -119,10 +154,17 @@ class RedshiftCostHook(AwsBaseHook):
         start, end = utc(start), utc(end)
         now = utc(now) if now else dt.datetime.now(dt.UTC)
         res = CollectResult(source=SOURCE, window=(start, end), scope="redshift:provisioned")
-        for c in self.clusters():
+        for n, c in enumerate(self.clusters(), start=1):
             status = str(c.get("ClusterStatus", "")).lower()
             if status in ("paused", "pausing", "deleting"):
                 res.notes.append(f"{c['ClusterIdentifier']}: {status}, no compute cost")
+                continue
+            try:
+                self.rate_card.price(PLATFORM, c["NodeType"], on=start.date())
+            except PriceNotFoundError as e:  # quarantined in the same ledger batch; the other clusters land
+                raw = {k: str(c.get(k)) for k in ("ClusterIdentifier", "NodeType", "NumberOfNodes", "ClusterStatus")}
+                reason = f"cluster {c.get('ClusterIdentifier')}: {e}; add the node type under rate_cards.overrides"
+                res.bad_rows.append(BadRow(n, "NodeType", reason, raw))
                 continue
             born = utc(c["ClusterCreateTime"]) if c.get("ClusterCreateTime") else start
             nodes = int(c.get("NumberOfNodes") or 1)

@@ -30,7 +30,7 @@ Estimates (``x_cost_kind="estimate"``, line item ``dag/run/task/map/try``), pric
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -38,8 +38,9 @@ from finops_provider.collect import CollectResult, ingest_collected
 from finops_provider.core.azure_sizing import dw100c_multiple, is_paused, megabytes_to_tb, spark_node_vcores
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.estimate import TaskTry
+from finops_provider.core.focus import BadRow
 from finops_provider.core.ledger import IngestResult, Ledger
-from finops_provider.core.money import MONEY_CONTEXT, exact_sum
+from finops_provider.core.money import MONEY_CONTEXT
 from finops_provider.core.platforms import estimate_record, hours_between, utc
 from finops_provider.core.pricing import RateCard
 from finops_provider.core.records import CostRecord, RecordError, build_record
@@ -47,8 +48,10 @@ from finops_provider.hooks._arm import ArmReadMixin
 from finops_provider.hooks._sql import rate_card_for
 from finops_provider.hooks._window import bounded_scope, day_window
 from finops_provider.hooks.azure_cost_management import (
+    COST_FIELDS,
     COST_TYPES,
     PROVIDER,
+    QUERY_COLUMNS,
     AzureCostManagementHook,
     _amount,
     _usage_day,
@@ -57,6 +60,8 @@ from finops_provider.hooks.azure_cost_management import (
 PLATFORM = "synapse"
 SOURCE = "azure-synapse"
 METER_CATEGORY = "Azure Synapse Analytics"
+#: the columns the Synapse query answers with (others are schema drift: ignored, warned about once)
+SYNAPSE_COLUMNS = QUERY_COLUMNS | {"ResourceId", "Meter", "UsageQuantity"}
 SYNAPSE_API_VERSION = "2021-06-01"
 #: meter family -> (rate-card SKU, pricing unit, FOCUS service subcategory)
 FAMILIES: dict[str, tuple[str | None, str | None, str]] = {
@@ -152,20 +157,21 @@ class SynapseCostHook(ArmReadMixin, AzureCostManagementHook):
         """
         window = day_window(start, end, extend_back_days=self.repull_days)
         before = self.requests_made
-        merged: dict[tuple[dt.date, str, str, str], dict[str, Decimal]] = {}
-        for cost_type in [t for t in COST_TYPES if t == "ActualCost" or self.amortized]:
-            for page in self.query_pages(self.synapse_query_body(cost_type, window)):
-                for key, amount, qty in self._synapse_rows(page):
-                    slot = merged.setdefault(key, {})
-                    slot[cost_type] = exact_sum((slot.get(cost_type, Decimal(0)), amount))
-                    if cost_type == "ActualCost":
-                        slot["qty"] = exact_sum((slot.get("qty", Decimal(0)), qty))
+        queries = [(t, self.synapse_query_body(t, window)) for t in COST_TYPES if t == "ActualCost" or self.amortized]
+        merged = self._merge_queries(queries, self._synapse_rows)
         tags = self.pool_tags() if self.workspace_id else {}
-        res = CollectResult(source=SOURCE, window=window)
-        for (day, rid, meter, currency), amounts in sorted(merged.items()):
+
+        def record(key: tuple[dt.date, str, str, str], amounts: dict[str, Decimal]) -> CostRecord | None:
+            day, rid, meter, currency = key
             if self.workspace_id and not rid.lower().startswith(self.workspace_id.lower()):
-                continue  # another workspace in the same resource group
-            res.records.append(self._synapse_record(day, rid, meter, currency, amounts, tags.get(rid.lower(), {})))
+                return None  # another workspace in the same resource group
+            try:
+                return self._synapse_record(day, rid, meter, currency, amounts, tags.get(rid.lower(), {}))
+            except RecordError as e:
+                raise RecordError(e.field, f"Synapse meter {day} {rid} {meter}: {e.message}") from None
+
+        res = CollectResult(source=SOURCE, window=window)
+        res.records, res.bad_rows = merged.build(record)
         res.requests = self.requests_made - before
         res.scope = bounded_scope(f"{SOURCE}:{self.scope}" + (f":{self.workspace_id}" if self.workspace_id else ""))
         self.log.info(
@@ -177,30 +183,46 @@ class SynapseCostHook(ArmReadMixin, AzureCostManagementHook):
         )
         return res
 
-    def _synapse_rows(self, page: Mapping[str, Any]) -> Any:
-        props = page.get("properties") or {}
-        names = [c.get("name") for c in props.get("columns") or []]
-        idx = {n: i for i, n in enumerate(names)}
+    def _synapse_rows(
+        self, page: Mapping[str, Any], *, cost_type: str, numbers: Iterator[int], warned: set[str]
+    ) -> Iterator[tuple[int, tuple[dt.date, str, str, str] | None, Mapping[str, Decimal] | BadRow]]:
+        """(row number, (day, resource id, meter, currency), amounts) per row; a bad value is a :class:`BadRow`."""
+        names, idx, rows = self._page_columns(page, SYNAPSE_COLUMNS, warned)
         cost_col = next((c for c in (self.cost_column, "Cost", "PreTaxCost", "CostUSD") if c in idx), None)
-        for row in props.get("rows") or []:
+        missing = ([] if cost_col else [self.cost_column]) + [c for c in ("UsageDate", "Currency") if c not in idx]
+        if rows and missing:
+            field = {"UsageDate": "ChargePeriodStart", "Currency": "BillingCurrency"}.get(missing[0], "BilledCost")
+            raise RecordError(field, f"the Synapse query answer has no column {', '.join(missing)} (columns: {names})")
+        for row in rows:
+            n = next(numbers)
 
             def col(name: str, row: Any = row) -> Any:
                 i = idx.get(name)
                 return row[i] if i is not None and i < len(row) else None
 
-            if cost_col is None or col("UsageDate") is None or not col("Currency"):
-                raise RecordError("BilledCost", f"Synapse query answer lacks cost / UsageDate / Currency ({names})")
-            qty = col("UsageQuantity")
-            yield (
-                (
-                    _usage_day(col("UsageDate")),
-                    str(col("ResourceId") or ""),
-                    str(col("Meter") or ""),
-                    str(col("Currency")),
-                ),
-                _amount(col(cost_col), cost_col),
-                _amount(qty, "UsageQuantity") if qty is not None else Decimal(0),
-            )
+            rid, meter = str(col("ResourceId") or ""), str(col("Meter") or "")
+            raw = {name: col(name) for name in names}
+            try:
+                day = _usage_day(col("UsageDate"))
+            except (ValueError, TypeError) as e:
+                yield n, None, BadRow(n, "ChargePeriodStart", f"Synapse {cost_type} row {n} ({rid} {meter}): {e}", raw)
+                continue
+            key = (day, rid, meter, str(col("Currency") or ""))
+            where = f"Synapse {cost_type} row {n} ({day} {rid} {meter})"
+            amounts: dict[str, Decimal] = {}
+            try:
+                amounts[cost_type] = _amount(col(str(cost_col)), str(cost_col))
+            except (ValueError, ArithmeticError) as e:
+                yield n, key, BadRow(n, COST_FIELDS.get(cost_type, "BilledCost"), f"{where}: {e}", raw)
+                continue
+            if cost_type == "ActualCost":
+                qty = col("UsageQuantity")
+                try:
+                    amounts["qty"] = _amount(qty, "UsageQuantity") if qty is not None else Decimal(0)
+                except (ValueError, ArithmeticError) as e:
+                    yield n, key, BadRow(n, "PricingQuantity", f"{where}: {e}", raw)
+                    continue
+            yield n, key, amounts
 
     def _synapse_record(
         self, day: dt.date, rid: str, meter: str, currency: str, amounts: Mapping[str, Decimal], tags: dict[str, str]
