@@ -2,6 +2,9 @@
 
 Runs in the task process or the dag-processor: no Airflow ORM, only the ledger, the local spool, the public
 REST API (pauses) and the notification targets.
+
+The core (ledger, budgets, outbox, pricing) is imported by the functions that use it, when a callback runs:
+``finops_provider.callbacks`` stays cheap to import at DAG-parse time (see ``bench/parse.py``).
 """
 
 from __future__ import annotations
@@ -10,32 +13,24 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from finops_provider.core.allocation import Attributor
-from finops_provider.core.config import FinOpsConfig
-from finops_provider.core.enforcement import EnforcementResult, Subject, enforce
-from finops_provider.core.estimate import SOURCE, TaskCostSpec, TaskTry, estimate, split_by_assets
-from finops_provider.core.ledger import Ledger, finops_home
-from finops_provider.core.outbox import (
-    LocalSpool,
-    NotYet,
-    Outbox,
-    OutboxItem,
-    OutboxPolicy,
-    flush_spool,
-    last_pause_state,
-    record_event,
-)
-from finops_provider.core.pricing import RateCard
-from finops_provider.core.records import CostRecord
-from finops_provider.settings import _airflow_option, get_config, get_ledger
+if TYPE_CHECKING:
+    from finops_provider.core.config import FinOpsConfig
+    from finops_provider.core.enforcement import EnforcementResult, Subject
+    from finops_provider.core.estimate import TaskTry
+    from finops_provider.core.ledger import Ledger
+    from finops_provider.core.outbox import Outbox, OutboxItem
+    from finops_provider.core.pricing import RateCard
+    from finops_provider.core.records import CostRecord
 
 log = logging.getLogger(__name__)
 
 
 def option(key: str, fallback: str) -> str:
     """``[finops] key`` (``AIRFLOW__FINOPS__KEY``) with a fallback."""
+    from finops_provider.settings import _airflow_option
+
     return _airflow_option(key, fallback)
 
 
@@ -49,10 +44,14 @@ def api_base_url() -> str | None:
 
 
 def rate_card(config: FinOpsConfig) -> RateCard:
+    from finops_provider.core.pricing import RateCard
+
     return RateCard.for_config(config)  # cached per distinct overrides
 
 
 def outbox_for(ledger: Ledger) -> Outbox:
+    from finops_provider.core.outbox import Outbox, OutboxPolicy
+
     return Outbox(
         ledger,
         OutboxPolicy(
@@ -100,6 +99,8 @@ def _resource_of(task: Any) -> tuple[str | None, str | None, dict[str, str]]:
 
 
 def task_try_from_context(context: Mapping[str, Any], state: str) -> TaskTry:
+    from finops_provider.core.estimate import TaskTry
+
     ti = context.get("ti") or context["task_instance"]
     dag = context.get("dag")
     params = context.get("params") or {}
@@ -132,6 +133,9 @@ def estimate_from_context(
     context: Mapping[str, Any], defaults: Mapping[str, Any], config: FinOpsConfig, state: str
 ) -> CostRecord:
     """The estimate record of the task try in ``context`` (per-task ``params["finops"]`` beats ``defaults``)."""
+    from finops_provider.core.allocation import Attributor
+    from finops_provider.core.estimate import TaskCostSpec, estimate
+
     params = context.get("params") or {}
     declared = params.get("finops") if isinstance(params.get("finops"), Mapping) else {}
     spec = TaskCostSpec.from_mapping({**defaults, **(declared or {})})
@@ -141,7 +145,7 @@ def estimate_from_context(
 
 # ------------------------------------------------------------------------------------------ delivery
 def make_deliverer(ledger: Ledger) -> Any:
-    """A function delivering one outbox item (Slack / Jira / ServiceNow / pause) and recording pauses."""
+    """A function delivering one outbox item (Slack alert or digest / Jira / ServiceNow / pause); records pauses."""
 
     def deliver(item: OutboxItem) -> str | None:
         p = item.payload
@@ -150,6 +154,12 @@ def make_deliverer(ledger: Ledger) -> Any:
             from finops_provider.notifications.slack import FinOpsSlackNotifier
 
             return FinOpsSlackNotifier(
+                slack_conn_id=route.get("slack_conn_id") or "slack_default", channel=route.get("slack_channel")
+            ).send_payload(p)
+        if item.kind == "slack_digest":  # the executive-summary digest (PublishSummaryOperator)
+            from finops_provider.reports.digest import FinOpsSlackDigestNotifier
+
+            return FinOpsSlackDigestNotifier(
                 slack_conn_id=route.get("slack_conn_id") or "slack_default", channel=route.get("slack_channel")
             ).send_payload(p)
         if item.kind == "jira":
@@ -172,6 +182,7 @@ def make_deliverer(ledger: Ledger) -> Any:
 
 
 def _pause(ledger: Ledger, item: OutboxItem) -> str:
+    from finops_provider.core.outbox import NotYet, record_event
     from finops_provider.hooks.airflow_api import RUNNING, UNFINISHED, AirflowApiHook
 
     p = item.payload
@@ -212,6 +223,8 @@ def drain(ledger: Ledger, *, keys: list[str] | None = None, time_budget_s: float
 
 def run_enforcement(ledger: Ledger, config: FinOpsConfig, subject: Subject) -> EnforcementResult:
     """Evaluate, claim, enqueue; deliver this breach's actions now, then other due retries."""
+    from finops_provider.core.enforcement import enforce
+
     res = enforce(ledger, config, subject, outbox=outbox_for(ledger))
     if res.enqueued:
         drain(ledger, keys=res.enqueued)
@@ -226,6 +239,8 @@ def reconcile_unpause(ledger: Ledger, dag_id: str, run_id: str | None, run_start
     Who resumed it comes from the Airflow audit log (``GET /api/v2/eventLogs``, event ``patch_dag`` with
     ``is_paused`` false) when the API user may read it; ``unknown`` otherwise.
     """
+    from finops_provider.core.outbox import last_pause_state, record_event
+
     last = last_pause_state(ledger, dag_id)
     if not last or last["kind"] != "pause" or run_started is None or run_started <= last["at"]:
         return False
@@ -265,6 +280,12 @@ def reconcile_unpause(ledger: Ledger, dag_id: str, run_id: str | None, run_start
 def handle_task_end(context: Mapping[str, Any], defaults: Mapping[str, Any], *, state: str, act: bool = True) -> Any:
     """Record the try's estimate; evaluate budgets and act. Never raises (errors are logged)."""
     try:
+        from finops_provider.core.enforcement import Subject
+        from finops_provider.core.estimate import SOURCE, split_by_assets
+        from finops_provider.core.ledger import finops_home
+        from finops_provider.core.outbox import LocalSpool, flush_spool
+        from finops_provider.settings import get_config, get_ledger
+
         config = get_config()
         rec = estimate_from_context(context, defaults, config, state)
         # table-level cost: a task that writes tables (outlets) has its cost split across them, exactly

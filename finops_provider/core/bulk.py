@@ -2,36 +2,62 @@
 
 Month-end FOCUS / CUR exports hold hundreds of millions of line items; the ledger needs them at the grain
 budgets and reports use (day × provider × service × account × region × charge category × currency ×
-platform × cost kind × owner). This module pushes the GROUP BY into DuckDB over the Parquet / CSV files,
-applies the same attribution rules as :class:`~finops_provider.core.allocation.Attributor` in SQL (tag keys,
-DAG glob mappings and team → cost-center mappings arrive as bound parameters, never as SQL text), and returns
-one :class:`CostRecord` per group. Sums are DuckDB ``DECIMAL(38, 16)``: exact, like the row path.
+platform × cost kind × owner). This module pushes the work into DuckDB over the Parquet / CSV files in one
+streaming scan and returns one group per day-grain key, with sums in DuckDB ``DECIMAL(38, 16)``: exact, like
+the row path.
 
-Rows the fast path cannot vouch for (a money value with more than 16 decimals or in exponent form, an
-unparseable time, an unknown currency, ChargePeriodEnd before Start) are not guessed at: they are read as text
-and go through the exact row path (:func:`~finops_provider.core.records.record_from_mapping`), which either
-builds a record or a :class:`~finops_provider.core.focus.BadRow` naming the column — no valid row is lost.
+1. **One scan** validates every row (a flag in the same ``GROUP BY``, not a second pass) and groups the rows
+   by day and the *raw* key columns, tags text included. Nothing is parsed per row: an export has millions of
+   rows but only hundreds of distinct tag strings, currencies and owner columns. (When a sample shows tags
+   that are nearly unique per row, the scan instead reduces each row's tags to the keys attribution reads.)
+2. **Per distinct value**, in Python and with the row path's own rules: tags are parsed once per distinct
+   string (:func:`~finops_provider.core.records._parse_tags`), owners come from
+   :class:`~finops_provider.core.allocation.Attributor`, currencies and cost kinds are checked. The results go
+   back to DuckDB as bound list parameters (never SQL text), which re-groups to the ledger grain. A group's
+   identity is its key and its content hash covers its sums, both hashed as the ledger hashes records.
+3. Rows the fast path cannot vouch for (a money value with more than 16 decimals or in exponent form, an
+   unparseable time, ChargePeriodEnd before Start, an unknown currency or cost kind, tags the row path
+   rejects) are not guessed at: only when the scan counted any are they read again, as text, and go through
+   the exact row path (:func:`~finops_provider.core.records.record_from_mapping`), which either builds a record
+   or a :class:`~finops_provider.core.focus.BadRow` naming the column — no valid row is lost.
+
+The groups reach the ledger as :class:`~finops_provider.core.ledger.KeyedRows` in the same batch as the
+row-path records: idempotent (same file, same keys and hashes: nothing changes), restatable (same group, new
+sums: restated with an audit entry) and window-replacing (a group that vanished is removed).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.focus import BadRow
 from finops_provider.core.money import ISO_4217
-from finops_provider.core.records import CostRecord, RecordError, build_record, record_from_mapping
+from finops_provider.core.records import (
+    COST_KINDS,
+    MAX_INT_DIGITS,
+    MAX_SCALE,
+    CostRecord,
+    RecordError,
+    _parse_tags,
+    build_record,
+    record_from_mapping,
+)
 
 log = logging.getLogger(__name__)
 
-_MONEY = ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost")
+_MONEY = {"BilledCost": "billed_cost", "EffectiveCost": "effective_cost", "ListCost": "list_cost",
+          "ContractedCost": "contracted_cost"}  # fmt: skip
 #: FOCUS column -> record attribute for the group keys (all TEXT)
 _KEYS = {
     "ProviderName": "provider_name",
@@ -44,23 +70,56 @@ _KEYS = {
     "SubAccountId": "sub_account_id",
     "RegionId": "region_id",
     "ChargeCategory": "charge_category",
-    "x_Platform": "x_platform",
-    "x_CostKind": "x_cost_kind",
 }
-_PLAIN_DECIMAL = r"[-+]?[0-9]{1,22}(\.[0-9]{0,16})?"
+#: explicit owner columns (FOCUS name -> record attribute) that the Attributor never overwrites
+_OWNERS = {"x_Platform": "x_platform", "x_Team": "x_team", "x_CostCenter": "x_cost_center", "x_DagId": "x_dag_id",
+           "x_JobId": "x_job_id"}  # fmt: skip
+_PLAIN_DECIMAL = rf"[-+]?[0-9]{{1,{MAX_INT_DIGITS}}}(\.[0-9]{{0,{MAX_SCALE}}})?"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: rows sampled to count distinct Tags strings, and the count above which tags are reduced per row instead
+_TAGS_SAMPLE, _TAGS_DISTINCT_MAX = 100_000, 20_000
+
+
+class _JsonValues(dict[Any, str]):
+    """JSON text of each distinct value, computed once (group keys repeat across thousands of groups)."""
+
+    def __missing__(self, value: Any) -> str:
+        self[value] = text = json.dumps(value)  # ASCII-only: unambiguous and encodable whatever the text
+        return text
+
+
+def _hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("ascii"), digest_size=16).hexdigest()
+
+
+#: the columns of :attr:`BulkResult.rows` (what the ledger stores for each group)
+GROUP_COLUMNS: tuple[str, ...] = (
+    "charge_period_start", "charge_period_end", "billing_currency", *_KEYS.values(), "x_cost_kind",
+    *_OWNERS.values(), *_MONEY.values(), "pricing_quantity", "pricing_unit", "charge_description", "x_source",
+    "natural_key", "content_hash",
+)  # fmt: skip
 
 
 @dataclass
 class BulkResult:
-    """Aggregated records (one per group), rows that went through the row path, and counts."""
+    """Aggregated groups (one row per group), rows that went through the row path, and counts.
 
-    records: list[CostRecord] = field(default_factory=list)
+    ``rows`` hold :data:`GROUP_COLUMNS` and go to the ledger as they are; ``records`` builds the same groups
+    as :class:`CostRecord` s on first use.
+    """
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
     slow_records: list[CostRecord] = field(default_factory=list)
     bad_rows: list[BadRow] = field(default_factory=list)
     rows_in: int = 0
     window: tuple[dt.datetime, dt.datetime] | None = None
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase, for profiling
+
+    @cached_property
+    def records(self) -> list[CostRecord]:
+        n = len(GROUP_COLUMNS) - 2  # natural_key and content_hash are not record attributes
+        return [build_record(**dict(zip(GROUP_COLUMNS[:n], row[:n], strict=True))) for row in self.rows]
 
     @property
     def all_items(self) -> list[CostRecord | BadRow]:
@@ -69,21 +128,6 @@ class BulkResult:
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _json_path(key: str) -> str:
-    return "$." + json.dumps(key)
-
-
-class _Sql:
-    """Collects SQL fragments and their bound parameters in order."""
-
-    def __init__(self) -> None:
-        self.params: list[Any] = []
-
-    def p(self, value: Any) -> str:
-        self.params.append(value)
-        return "?"
 
 
 def _source_sql(paths: Sequence[Path], fmt: str) -> str:
@@ -95,8 +139,13 @@ def _source_sql(paths: Sequence[Path], fmt: str) -> str:
 
 def aggregate_focus_files(paths: Sequence[str | Path], config: FinOpsConfig | None = None, *, fmt: str | None = None,
                           source: str = "focus-bulk", threads: int | None = None) -> BulkResult:  # fmt: skip
-    """Aggregate FOCUS files (all Parquet or all CSV) to day-grain records with attribution applied."""
+    """Aggregate FOCUS files (all Parquet or all CSV) to day-grain groups with attribution applied.
+
+    :param threads: DuckDB worker threads (default: DuckDB's, one per core).
+    """
     import duckdb
+
+    from finops_provider.core.allocation import Attributor
 
     cfg = config or FinOpsConfig()
     ps = [Path(p) for p in paths]
@@ -106,6 +155,7 @@ def aggregate_focus_files(paths: Sequence[str | Path], config: FinOpsConfig | No
     t0 = time.perf_counter()
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET preserve_insertion_order = false")  # lets the scan stream without keeping file order
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     con.execute(f"CREATE TEMP VIEW raw AS SELECT * FROM {_source_sql(ps, fmt)}")
@@ -113,170 +163,204 @@ def aggregate_focus_files(paths: Sequence[str | Path], config: FinOpsConfig | No
     lower = {c.lower(): c for c in cols}
 
     def col(name: str) -> str | None:
-        return lower.get(name.lower()) or (lower.get("id") if name == "x_LineItemId" else None)
+        return lower.get(name.lower())
 
     for required in ("BilledCost", "BillingCurrency", "ChargePeriodStart", "ChargePeriodEnd"):
         if col(required) is None:
             raise RecordError(required, f"required column missing from {ps[0].name} (and the other files)")
 
-    s = _Sql()
-    money_sql, money_ok = {}, []
+    # ---- 1. one scan: per-row validity flag + GROUP BY day and the raw keys ------------------------------------
+    money_sum, money_ok = {}, []
     for m in _MONEY:
         c = col(m)
         if c is None:
-            money_sql[m] = "NULL::DECIMAL(38,16)"
+            money_sum[m] = "NULL::DECIMAL(38,16)"
             continue
         t = cols[c]
-        if t.startswith("DECIMAL") and int(t.rstrip(")").split(",")[-1]) <= 16:
-            money_sql[m] = f"{_q(c)}::DECIMAL(38,16)"
+        width, scale = (int(x) for x in t[8:-1].split(",")) if t.startswith("DECIMAL(") else (0, 99)
+        if scale <= 16:
+            money_sum[m] = f"sum({_q(c)})"  # exact in the file's own scale; widened to (38,16) on the groups
+            if width - scale > MAX_INT_DIGITS:  # the row path refuses 10^22 and more
+                small = f"abs({_q(c)}) < 1{'0' * MAX_INT_DIGITS}"
+                money_ok.append(small if m == "BilledCost" else f"({_q(c)} IS NULL OR {small})")
         else:
             txt = f"trim({_q(c)}::VARCHAR)"
-            money_sql[m] = f"TRY_CAST({txt} AS DECIMAL(38,16))"
+            money_sum[m] = f"sum(TRY_CAST({txt} AS DECIMAL(38,16)))"
             ok = f"regexp_full_match({txt}, '{_PLAIN_DECIMAL}')"
             money_ok.append(ok if m == "BilledCost" else f"({_q(c)} IS NULL OR {ok})")
-    billed_not_null = f"{money_sql['BilledCost']} IS NOT NULL"
-    start_sql = f"TRY_CAST({_q(col('ChargePeriodStart'))} AS TIMESTAMPTZ)"  # type: ignore[arg-type]
-    end_sql = f"TRY_CAST({_q(col('ChargePeriodEnd'))} AS TIMESTAMPTZ)"  # type: ignore[arg-type]
-    cur_sql = f"upper(trim({_q(col('BillingCurrency'))}::VARCHAR))"  # type: ignore[arg-type]
-    # the currency is checked on the groups after aggregation (a per-row list lookup costs seconds at 10 M rows)
-    checks = [billed_not_null, *money_ok, f"{start_sql} IS NOT NULL", f"{end_sql} IS NOT NULL",
-              f"{end_sql} >= {start_sql}"]  # fmt: skip
-    if tc := col("Tags"):  # tags must be a JSON object, as the row path requires
-        is_obj = f"CASE WHEN json_valid({_q(tc)}) THEN json_type({_q(tc)}) = 'OBJECT' ELSE false END"
-        checks.append(f"(nullif(trim({_q(tc)}::VARCHAR), '') IS NULL OR {is_obj})")
-    fast = " AND ".join(checks)
-    fast_params = list(s.params)
-
-    # ---- attribution, mirroring Attributor.apply ---------------------------------------------------------
-    a = cfg.attribution
-    tags_col = col("Tags")
-    tag_fields = {"team": a.team, "cost_center": a.cost_center, "dag_id": a.dag_id, "task_id": a.task_id,
-                  "run_id": a.run_id, "job_id": a.job_id}  # fmt: skip
-    if tags_col:
-        paths_all = [_json_path(k) for f in tag_fields.values() for k in f]
-        tags_txt = f"nullif(trim({_q(tags_col)}::VARCHAR), '')"
-        tag_list = f"json_extract_string({tags_txt}, {s.p(paths_all)}::VARCHAR[])"
-    else:
-        tag_list = "NULL::VARCHAR[]"
-    pos = 1
-    tag_expr: dict[str, str] = {}
-    for f, keys in tag_fields.items():
-        parts = [f"nullif(t.tl[{pos + i}], '')" for i in range(len(keys))] if tags_col else []
-        pos += len(keys)
-        explicit = col(f"x_{''.join(w.capitalize() for w in f.split('_'))}")
-        if explicit:
-            parts.insert(0, f"nullif(t.{_q(explicit)}::VARCHAR, '')")
-        tag_expr[f] = f"coalesce({', '.join(parts)})" if parts else "NULL::VARCHAR"
-
-    def dag_lookup(attr: str) -> str:
-        exact = [
-            (k, getattr(v, attr)) for k, v in cfg.dags.items() if getattr(v, attr) and not any(ch in k for ch in "*?[")
-        ]
-        globs = [
-            (k, getattr(v, attr)) for k, v in cfg.dags.items() if getattr(v, attr) and any(ch in k for ch in "*?[")
-        ]
-        whens = [f"WHEN dag_id = {s.p(k)} THEN {s.p(v)}" for k, v in exact]
-        # first matching glob in file order, but only when no exact mapping exists for the dag (as DagConfig lookup)
-        whens += [f"WHEN dag_id GLOB {s.p(k)} THEN {s.p(v)}" for k, v in globs]
-        return f"CASE {' '.join(whens)} END" if whens else "NULL::VARCHAR"
-
-    team_cc = [(k, v.cost_center) for k, v in cfg.teams.items() if v.cost_center]
-    key_cols = {k: (f"t.{_q(col(k))}::VARCHAR" if col(k) else "NULL::VARCHAR") for k in _KEYS}  # type: ignore[arg-type]
-    key_cols["x_CostKind"] = f"coalesce({key_cols['x_CostKind']}, 'billed')"
-    s2 = _Sql()  # parameters of the outer query come after the inner ones
-    s2.params = s.params
-    team_case = dag_lookup("team")
-    cc_case = dag_lookup("cost_center")
-    plat_case = dag_lookup("platform")
-    team_cc_case = (
-        "CASE " + " ".join(f"WHEN team = {s2.p(k)} THEN {s2.p(v)}" for k, v in team_cc) + " END"
-        if team_cc
-        else "NULL::VARCHAR"
+    billed = col("BilledCost")
+    money_ok.insert(0, f"{_q(billed)} IS NOT NULL")  # type: ignore[arg-type]
+    start_sql, end_sql = (
+        _q(c) if cols[c] == "TIMESTAMP WITH TIME ZONE" else f"TRY_CAST({_q(c)} AS TIMESTAMPTZ)"
+        for c in (lower["chargeperiodstart"], lower["chargeperiodend"])
     )
-    select_keys = ", ".join(f"{v} AS {_q(k)}" for k, v in key_cols.items())
-    money_sel = ", ".join(f"{money_sql[m]} AS {_q(m)}" for m in _MONEY)
-    sql = f"""
-    WITH t0 AS (SELECT *, ({fast}) AS fast_ok FROM raw),
-    t AS (SELECT *, {tag_list} AS tl FROM t0 WHERE fast_ok),
-    base AS (
-      SELECT date_trunc('day', {start_sql}) AS day, {cur_sql} AS currency,
-             {select_keys}, {money_sel},
-             {tag_expr["team"]} AS team0, {tag_expr["cost_center"]} AS cc0, {tag_expr["dag_id"]} AS dag_id,
-             {tag_expr["task_id"]} AS task_id, {tag_expr["job_id"]} AS job0
-      FROM t),
-    owned AS (
-      SELECT *, coalesce(team0, {team_case}) AS team, {cc_case} AS dag_cc, {plat_case} AS dag_platform FROM base),
-    attributed AS (
-      SELECT *, coalesce(cc0, dag_cc, {team_cc_case}) AS cost_center, coalesce(job0, dag_id) AS job_id,
-             coalesce("x_Platform", dag_platform) AS platform FROM owned)
-    SELECT day, currency, {", ".join(_q(k) for k in _KEYS if k != "x_Platform")}, platform, team, cost_center, dag_id,
-           job_id, sum("BilledCost"), sum("EffectiveCost"), sum("ListCost"), sum("ContractedCost"), count(*)
-    FROM attributed
-    GROUP BY ALL
+    cur_raw = _q(col("BillingCurrency"))  # type: ignore[arg-type]
+    checks = [*money_ok, f"{cur_raw} IS NOT NULL", f"{end_sql} >= {start_sql}"]  # NULL times make this NULL
+    fast = f"coalesce({' AND '.join(checks)}, false)"
+    # the raw key columns present in the files, under fixed aliases (_fk0, _fk1, ...) so no file name reaches SQL text
+    # except quoted; currency, tags and cost kind are normalized on the groups, not per row
+    raw_keys = {"currency": cur_raw}
+    for name in (*_KEYS, "x_CostKind", *_OWNERS, "Tags"):
+        if c := col(name):
+            raw_keys[name] = _q(c)
+    key_params: list[Any] = []
+    if tc := col("Tags"):
+        sample = f"SELECT count(DISTINCT {_q(tc)}) FROM (SELECT {_q(tc)} FROM raw LIMIT {_TAGS_SAMPLE})"
+        if con.execute(sample).fetchone()[0] > _TAGS_DISTINCT_MAX:  # type: ignore[index]
+            # tags unique per resource or per row: group by a JSON object of only the keys attribution reads
+            # (built per row, like the DuckDB JSON check it needs), so the groups stay as few as the owners
+            att = cfg.attribution
+            tag_keys = sorted({k for f in (att.team, att.cost_center, att.dag_id, att.job_id) for k in f})
+            txt = f"nullif(trim({_q(tc)}::VARCHAR), '')"
+            is_obj = f"CASE WHEN json_valid({txt}) THEN json_type({txt}) = 'OBJECT' ELSE false END"
+            pairs = ", ".join(f"?, json_extract_string({txt}, ?)" for _ in tag_keys)
+            raw_keys["Tags"] = f"CASE WHEN {is_obj} THEN json_object({pairs}) END"
+            key_params = [v for k in tag_keys for v in (k, "$." + json.dumps(k))]
+            fast = f"coalesce({' AND '.join([*checks, f'({txt} IS NULL OR {is_obj})'])}, false)"
+    alias = {name: f"_fk{i}" for i, name in enumerate(raw_keys)}
+    scan = f"""
+    CREATE TEMP TABLE g AS
+    SELECT {fast} AS ok, date_trunc('day', {start_sql}) AS day,
+           {", ".join(f"{expr} AS {alias[name]}" for name, expr in raw_keys.items())},
+           {", ".join(f"{money_sum[m]} AS m{i}" for i, m in enumerate(_MONEY))}, count(*) AS n
+    FROM raw GROUP BY ALL
     """  # identifiers are quoted column names read from the file; every value is a bound parameter
-    t_agg = time.perf_counter()
-    rows = con.execute(sql, s.params).fetchall()
-    t_records = time.perf_counter()
-    res = BulkResult()
-    lo: dt.datetime | None = None
-    hi: dt.datetime | None = None
-    names = [k for k in _KEYS if k != "x_Platform"]
-    bad_currencies = sorted({str(row[1]) for row in rows if row[1] not in ISO_4217})
-    for row in rows:
-        day, cur = row[0], row[1]
-        if cur in bad_currencies:
-            continue  # these rows take the row path below, which quarantines them naming BillingCurrency
-        keyvals = dict(zip(names, row[2 : 2 + len(names)], strict=True))
-        platform, team, cc, dag, job = row[2 + len(names) : 7 + len(names)]
-        billed, eff, lst, con_c, n = row[7 + len(names) :]
-        start = day if day.tzinfo else day.replace(tzinfo=dt.UTC)
-        start = start.astimezone(dt.UTC)
-        lo = start if lo is None or start < lo else lo
-        hi = start if hi is None or start > hi else hi
-        kw = {_KEYS[k]: v for k, v in keyvals.items() if k != "x_CostKind"}
-        res.records.append(
-            build_record(
-                billed_cost=billed, effective_cost=eff, list_cost=lst, contracted_cost=con_c, billing_currency=cur,
-                charge_period_start=start, charge_period_end=start + dt.timedelta(days=1), x_source=source,
-                x_cost_kind=keyvals["x_CostKind"] or "billed", x_platform=platform, x_team=team, x_cost_center=cc,
-                x_dag_id=dag, x_job_id=job, pricing_quantity=n, pricing_unit="line items",
-                charge_description=f"{n} line items aggregated by day", **kw,
-            )
-        )  # fmt: skip
-        res.rows_in += int(n)
-    # ---- the exact row path for everything the fast path did not vouch for ------------------------------------
-    from finops_provider.core.allocation import Attributor
+    con.execute(scan, key_params)
+    t_scan = time.perf_counter()
 
-    attr = Attributor(cfg)
-    t_slow = time.perf_counter()
-    unknown_cur = f" OR list_contains({s.p(bad_currencies)}::VARCHAR[], {cur_sql})" if bad_currencies else ""
-    slow = con.execute(
-        f"SELECT * EXCLUDE (fast_ok) FROM (SELECT *, ({fast}) AS fast_ok FROM raw) "
-        f"WHERE NOT coalesce(fast_ok, false){unknown_cur}",
-        fast_params + ([bad_currencies] if bad_currencies else []),
+    # ---- 2. per distinct value, with the row path's rules ---------------------------------------------------------
+    def text(name: str) -> str:  # a raw key of g as text (NULL when the files lack the column)
+        return f"{alias[name]}::VARCHAR" if name in alias else "NULL::VARCHAR"
+
+    cur_norm = f"upper(trim({text('currency')}))"
+    kind_norm = f"coalesce(nullif({text('x_CostKind')}, ''), 'billed')"
+    n_bad = con.execute("SELECT coalesce(sum(n), 0) FROM g WHERE NOT ok").fetchone()[0]  # type: ignore[index]
+    bad_currencies = [
+        c for (c,) in con.execute(f"SELECT DISTINCT {cur_norm} FROM g WHERE ok").fetchall() if c not in ISO_4217
+    ]
+    bad_kinds = [k for (k,) in con.execute(f"SELECT DISTINCT {kind_norm} FROM g WHERE ok").fetchall()
+                 if k not in COST_KINDS]  # fmt: skip
+    owner_cols = ["Tags", *_OWNERS]
+    combos = con.execute(f"SELECT DISTINCT {', '.join(text(n) for n in owner_cols)} FROM g WHERE ok").fetchall()
+    attributor = Attributor(cfg)
+    tags_cache: dict[str | None, dict[str, str] | None] = {}
+    bad_tags: list[str] = []
+    owner_in: list[list[str | None]] = [[] for _ in owner_cols]
+    owner_out: list[list[str | None]] = [[] for _ in _OWNERS]
+    for combo in combos:
+        tags_text, explicit = combo[0], combo[1:]
+        if tags_text not in tags_cache:
+            try:
+                tags_cache[tags_text] = _parse_tags(tags_text)
+            except RecordError:
+                tags_cache[tags_text] = None
+                bad_tags.append(tags_text)  # type: ignore[arg-type]  # None always parses
+        tags = tags_cache[tags_text]
+        if tags is None:
+            continue  # these rows take the row path below, which quarantines them naming Tags
+        platform, team, cost_center, dag_id, job_id = (v or None for v in explicit)
+        probe = CostRecord(Decimal(0), "XXX", _EPOCH, _EPOCH, tags=tags, x_platform=platform, x_team=team,
+                           x_cost_center=cost_center, x_dag_id=dag_id, x_job_id=job_id)  # fmt: skip
+        attributor.apply(probe)
+        for lst, v in zip(owner_in, combo, strict=True):
+            lst.append(v)
+        for lst, a in zip(owner_out, _OWNERS.values(), strict=True):
+            lst.append(getattr(probe, a))
+    t_attr = time.perf_counter()
+
+    # ---- 3. re-group to the ledger grain; identity = the group key, content = the sums ----------------------------
+    params: list[Any] = [*owner_in, *owner_out, bad_currencies, bad_kinds]
+    owners_map = ", ".join(
+        [f"unnest(?::VARCHAR[]) AS i{i}" for i in range(len(owner_cols))]
+        + [f"unnest(?::VARCHAR[]) AS o{i}" for i in range(len(_OWNERS))]
     )
-    names_raw = [d[0] for d in slow.description]
-    for i, r in enumerate(slow.fetchall(), start=1):
-        res.rows_in += 1
-        row_map = {
-            k: (None if v is None else v if isinstance(v, str) else str(v)) for k, v in zip(names_raw, r, strict=True)
-        }
-        try:
-            rec = record_from_mapping(row_map)
-            rec.x_source = source
-            res.slow_records.append(attr.apply(rec))
-        except RecordError as e:
-            res.bad_rows.append(
-                BadRow(i, e.field, e.message, {k: (v or "")[:200] for k, v in list(row_map.items())[:60]})
-            )
+    join = " AND ".join(f"{text(n)} IS NOT DISTINCT FROM o.i{i}" for i, n in enumerate(owner_cols))
+    keys = [f"{text(k)} AS {a}" for k, a in _KEYS.items()]
+    owners = [f"o.o{i} AS {a}" for i, a in enumerate(_OWNERS.values())]
+    sums = ", ".join(f"sum(m{i})::DECIMAL(38,16) AS {a}" for i, a in enumerate(_MONEY.values()))
+    group_sql = f"""
+    WITH o AS (SELECT {owners_map}),
+    a AS (
+      SELECT day AS charge_period_start, {cur_norm} AS billing_currency, {", ".join(keys)}, {kind_norm} AS x_cost_kind,
+             {", ".join(owners)}, m0, m1, m2, m3, n
+      FROM g JOIN o ON {join}
+      WHERE ok),
+    f AS (
+      SELECT * EXCLUDE (m0, m1, m2, m3, n), {sums}, sum(n)::BIGINT AS n
+      FROM a
+      WHERE NOT list_contains(?::VARCHAR[], billing_currency) AND NOT list_contains(?::VARCHAR[], x_cost_kind)
+      GROUP BY ALL)
+    SELECT epoch_us(charge_period_start), billing_currency, {", ".join(_KEYS.values())}, x_cost_kind,
+           {", ".join(_OWNERS.values())}, {", ".join(f"{c}::VARCHAR" for c in _MONEY.values())}, n
+    FROM f
+    """  # every value is a bound parameter
+    # money comes back as text and days as epoch microseconds (DuckDB's own Decimal and TIMESTAMPTZ conversion
+    # costs more per value than all the rest of a group's way into the ledger); the group's identity is its key,
+    # hashed here as the ledger hashes records (JSON array -> blake2b), its content hash covers the sums
+    res = BulkResult()
+    spans: dict[int, tuple[dt.datetime, dt.datetime, str]] = {}
+    js = _JsonValues()
+    for r in con.execute(group_sql, params).fetchall():
+        span = spans.get(r[0])
+        if span is None:
+            start = _EPOCH + dt.timedelta(microseconds=r[0])
+            span = spans[r[0]] = (start, start + dt.timedelta(days=1), start.date().isoformat())
+        key_values, money_text, n = r[1:-5], r[-5:-1], r[-1]
+        ident = "[" + ",".join(map(js.__getitem__, (source, span[2], *key_values))) + "]"  # == json.dumps(list)
+        content = "|".join([ident, *(m or "-" for m in money_text), str(n)])  # money: DECIMAL(38,16) numerals
+        money = [None if v is None else Decimal(v) for v in money_text]
+        res.rows.append((span[0], span[1], *key_values, *money, Decimal(n), "line items",
+                         f"{n} line items aggregated by day", source, _hash(ident) + ":0", _hash(content)))  # fmt: skip
+        res.rows_in += n
+    t_rows = time.perf_counter()
+
+    # ---- the exact row path, only for rows the fast path did not vouch for ------------------------------------------
+    doubtful = ["NOT _fk_ok"]
+    slow_params: list[Any] = []
+    if bad_currencies:
+        doubtful.append(f"list_contains(?::VARCHAR[], {cur_norm})")
+        slow_params.append(bad_currencies)
+    if bad_kinds:
+        doubtful.append(f"list_contains(?::VARCHAR[], {kind_norm})")
+        slow_params.append(bad_kinds)
+    if bad_tags:
+        doubtful.append(f"list_contains(?::VARCHAR[], {text('Tags')})")
+        slow_params.append(bad_tags)
+    if n_bad or len(doubtful) > 1:
+        row_keys = ", ".join(f"{expr} AS {alias[name]}" for name, expr in raw_keys.items())
+        slow = con.execute(
+            f"SELECT * EXCLUDE (_fk_ok, {', '.join(alias.values())}) FROM "
+            f"(SELECT *, {fast} AS _fk_ok, {row_keys} FROM raw) WHERE {' OR '.join(doubtful)}",
+            [*key_params, *slow_params],
+        )
+        names_raw = [d[0] for d in slow.description]
+        attr = Attributor(cfg)
+        i = 0
+        while batch := slow.fetchmany(10_000):
+            for r in batch:
+                i += 1
+                res.rows_in += 1
+                row_map = {k: (None if v is None else v if isinstance(v, str) else str(v))
+                           for k, v in zip(names_raw, r, strict=True)}  # fmt: skip
+                try:
+                    rec = record_from_mapping(row_map)
+                    rec.x_source = source
+                    res.slow_records.append(attr.apply(rec))
+                except RecordError as e:
+                    res.bad_rows.append(
+                        BadRow(i, e.field, e.message, {k: (v or "")[:200] for k, v in list(row_map.items())[:60]})
+                    )
     con.close()
-    if lo is not None and hi is not None:
+    days = [r[0] for r in res.rows] + [r.charge_period_start for r in res.slow_records]
+    if days:
+        lo = min(days).astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        hi = max(days).astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         res.window = (lo, hi + dt.timedelta(days=1))
     res.seconds = time.perf_counter() - t0
-    res.phases = {"setup": t_agg - t0, "duckdb_group_by": t_records - t_agg, "build_records": t_slow - t_records,
-                  "row_path_scan": time.perf_counter() - t_slow}  # fmt: skip
+    res.phases = {"duckdb_scan": t_scan - t0, "attribution": t_attr - t_scan, "duckdb_regroup": t_rows - t_attr,
+                  "row_path": time.perf_counter() - t_rows}  # fmt: skip
     log.info("bulk FOCUS aggregate: %d rows -> %d groups (%d via row path, %d bad) in %.2fs",
-             res.rows_in, len(res.records), len(res.slow_records), len(res.bad_rows), res.seconds)  # fmt: skip
+             res.rows_in, len(res.rows), len(res.slow_records), len(res.bad_rows), res.seconds)  # fmt: skip
     return res
 
 
@@ -284,12 +368,16 @@ def ingest_focus_bulk(ledger: Any, paths: Sequence[str | Path], config: FinOpsCo
                       source: str = "focus-bulk", scope: str | None = None) -> tuple[BulkResult, Any]:  # fmt: skip
     """Aggregate files with :func:`aggregate_focus_files` and write the groups in one ledger batch.
 
-    The batch replaces its ``scope`` (default: the source name) over the days the files cover, so a
-    re-delivered or restated export supersedes the previous one instead of adding to it.
+    The groups go in as :class:`~finops_provider.core.ledger.KeyedRows` (no per-group record building),
+    the row-path records and bad rows with them. The batch replaces its ``scope`` (default: the source name)
+    over the days the files cover, so a re-delivered or restated export supersedes the previous one instead
+    of adding to it.
     """
+    from finops_provider.core.ledger import KeyedRows
+
     res = aggregate_focus_files(paths, config, source=source)
     t = time.perf_counter()
-    ing = ledger.ingest(res.all_items, source=source, scope=scope or source, window=res.window,
-                        replace_window=res.window is not None)  # fmt: skip
+    ing = ledger.ingest([*res.slow_records, *res.bad_rows], source=source, scope=scope or source, window=res.window,
+                        replace_window=res.window is not None, keyed=KeyedRows(GROUP_COLUMNS, res.rows))  # fmt: skip
     res.phases["ledger_write"] = time.perf_counter() - t
     return res, ing

@@ -12,12 +12,13 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finops_provider.core.money import MONEY_CONTEXT, Money, check_currency, to_decimal
-from finops_provider.core.platforms import estimate_line_item_id, estimate_record
-from finops_provider.core.pricing import RateCard
-from finops_provider.core.records import CostRecord
+
+if TYPE_CHECKING:  # imported where used: a DAG file that declares a TaskCostSpec needs only money.py
+    from finops_provider.core.pricing import RateCard
+    from finops_provider.core.records import CostRecord
 
 SOURCE = "airflow-estimate"
 _SECONDS_PER_HOUR = Decimal(3600)
@@ -83,11 +84,15 @@ class TaskTry:
 
     @property
     def line_item_id(self) -> str:
+        from finops_provider.core.platforms import estimate_line_item_id
+
         return estimate_line_item_id(self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number)
 
 
 def estimate(t: TaskTry, spec: TaskCostSpec, rate_card: RateCard) -> CostRecord:
     """The estimate record of one try (duration x rate, or the declared fixed cost)."""
+    from finops_provider.core.platforms import estimate_record
+
     seconds = Decimal(str(max(0.0, (t.end - t.start).total_seconds())))
     if spec.cost is not None:
         amount, currency, unit, qty, desc = spec.cost, spec.currency, "Run", Decimal(1), "declared estimate"
@@ -123,6 +128,8 @@ TIB = Decimal(2**40)
 def bigquery_on_demand_estimate(total_bytes_processed: int | str, rate_card: RateCard | None = None) -> str:
     """Pre-flight cost of a BigQuery on-demand query from its dry run's ``totalBytesProcessed`` (a Decimal string
     in the price's currency; the monthly free TiB is ignored, so this is an upper bound)."""
+    from finops_provider.core.pricing import RateCard
+
     card = rate_card or RateCard.load()
     price = card.price("bigquery", "ON_DEMAND_TIB")
     with localcontext(MONEY_CONTEXT):
@@ -154,7 +161,6 @@ def split_by_assets(record: CostRecord, assets: Any, *, weights: Mapping[str, An
     :param assets: Airflow ``Asset`` objects (``task.outlets``) or URI strings.
     """
     from finops_provider.core.allocation import split_shared
-    from finops_provider.core.money import Money
 
     uris = list(dict.fromkeys(asset_uri(a) for a in (assets or [])))
     if not uris:

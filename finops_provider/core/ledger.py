@@ -10,6 +10,10 @@ One write path (:meth:`Ledger.ingest`) for every source. Rows are keyed by a sta
 * with ``replace_window=True`` a collector that re-pulls a whole window also removes rows that vanished
   from the source (restated bills), again with an audit entry;
 * rows that fail validation go to the quarantine table with the reason, and every valid row still lands.
+
+Bulk aggregates (:mod:`finops_provider.core.bulk`) arrive already keyed (:class:`KeyedRows`): their identity is
+the group key, computed where the groups are, and they take the same batch, upsert, audit and window-replace
+steps as records in the same :meth:`Ledger.ingest` call.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import json
 import logging
 import operator
 import os
+import threading
 import uuid
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -32,10 +37,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from finops_provider.core.focus import BadRow
-from finops_provider.core.money import MoneyBag
+from finops_provider.core.money import MONEY_CONTEXT, MoneyBag
 from finops_provider.core.records import COLUMNS, COST_BASES, CostRecord, Kind
 from finops_provider.core.schema import (
     SCHEMA_REVISION,
+    ExactDecimal,
     breach,
     cost_line,
     cost_line_audit,
@@ -71,6 +77,21 @@ def redact_url(url: str) -> str:
         return "<unparseable url>"
 
 
+class _DecimalSum:
+    """SQLite aggregate ``finops_decimal_sum(x)``: the exact sum of decimal text, as text (SQLite's own ``SUM``
+    converts to float). Same arithmetic as :class:`MoneyBag` (``0 + a + b ...`` in ``MONEY_CONTEXT``)."""
+
+    def __init__(self) -> None:
+        self.total: Decimal | None = None
+
+    def step(self, value: Any) -> None:
+        if value is not None:
+            self.total = MONEY_CONTEXT.add(Decimal(0) if self.total is None else self.total, Decimal(str(value)))
+
+    def finalize(self) -> str | None:
+        return None if self.total is None else format(self.total, "f")
+
+
 def make_engine(url: str) -> Engine:
     u = sa.engine.make_url(url)
     if u.drivername.startswith("sqlite"):
@@ -85,11 +106,75 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.close()
+            dbapi_conn.create_aggregate("finops_decimal_sum", 1, _DecimalSum)
 
         return engine
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
     return sa.create_engine(u, pool_pre_ping=True)
+
+
+#: One engine per ledger URL per process: its connection pool and SQLAlchemy's compiled-statement cache (kept
+#: per engine) then survive from one :class:`Ledger` to the next, for example from one callback to the next.
+_ENGINES: OrderedDict[str, Engine] = OrderedDict()
+_MAX_ENGINES = 8
+#: Ledger URLs this process has seen at :data:`SCHEMA_REVISION`: opened again, they skip the schema check.
+_AT_HEAD: set[str] = set()
+_ENGINES_LOCK = threading.Lock()
+
+
+def _is_memory(url: str) -> bool:
+    u = sa.engine.make_url(url)
+    return u.drivername.startswith("sqlite") and u.database in (None, "", ":memory:")
+
+
+def shared_engine(url: str) -> Engine:
+    """The process's engine for ``url``, created on first use; the least recently used one beyond
+    :data:`_MAX_ENGINES` is disposed. An in-memory SQLite URL gets a new engine (a new, empty database) each time."""
+    if _is_memory(url):
+        return make_engine(url)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(url)
+        if engine is not None:
+            _ENGINES.move_to_end(url)
+            return engine
+        engine = _ENGINES[url] = make_engine(url)
+
+        @sa.event.listens_for(engine, "handle_error")
+        def _recheck_schema(_ctx: Any) -> None:  # tables dropped or database replaced: check again on next open
+            _AT_HEAD.discard(url)
+
+        evicted = []
+        while len(_ENGINES) > _MAX_ENGINES:
+            old_url, old = _ENGINES.popitem(last=False)
+            _AT_HEAD.discard(old_url)
+            evicted.append(old)
+    for old in evicted:  # a Ledger still using it keeps its checked-out connection until it returns it
+        old.dispose()
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close the pooled ledger connections of this process (engines are made again on next use)."""
+    with _ENGINES_LOCK:
+        engines = list(_ENGINES.values())
+        _ENGINES.clear()
+        _AT_HEAD.clear()
+    for engine in engines:
+        engine.dispose()
+
+
+def _forget_engines_in_child() -> None:
+    """After ``fork``: the parent's pooled connections are the parent's, never used (or closed) by the child."""
+    global _ENGINES_LOCK
+    _ENGINES_LOCK = threading.Lock()
+    for engine in _ENGINES.values():
+        engine.dispose(close=False)
+    _ENGINES.clear()
+    _AT_HEAD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_engines_in_child)
 
 
 @dataclass
@@ -114,6 +199,10 @@ _WRITE_TABLE = sa.Table(  # the cost-line table with no per-value bind processin
     sa.MetaData(),
     *[sa.Column(c.name, sa.types.NullType()) for c in cost_line.columns if c.name != "id"],
 )
+
+
+#: compiled upserts of every Ledger in the process: (dialect, paramstyle, *bound columns) -> (SQL, parameter order)
+_UPSERT_SQL: dict[tuple[Any, ...], tuple[str, tuple[str, ...] | None]] = {}
 
 
 def _sqlite_time(v: dt.datetime) -> str:
@@ -148,6 +237,81 @@ def _record_to_row(r: CostRecord, sqlite: bool) -> dict[str, Any]:
     return dict(zip(_RECORD_ATTRS, vals, strict=True))
 
 
+@dataclass(frozen=True)
+class KeyedRows:
+    """Rows that arrive with their identity already computed (bulk aggregates, one row per group).
+
+    :param columns: record attribute names (:data:`~finops_provider.core.records.COLUMNS`) plus ``natural_key``
+        and ``content_hash``; record attributes left out take the :class:`CostRecord` defaults.
+    :param rows: value tuples in ``columns`` order, typed as on a record (Decimal, tz-aware datetime, str, dict).
+        Natural keys must be unique within the batch; the caller guarantees that equal keys mean the same charge.
+    """
+
+    columns: Sequence[str]
+    rows: Iterable[Sequence[Any]]
+
+
+#: the stored identity, content hash and audited values of the rows with the given natural keys (one statement,
+#: compiled once; the key list is expanded at execution instead of coerced key by key)
+_EXISTING = sa.select(
+    cost_line.c.natural_key,
+    cost_line.c.content_hash,
+    cost_line.c.billed_cost,
+    cost_line.c.effective_cost,
+    cost_line.c.billing_currency,
+).where(cost_line.c.natural_key.in_(sa.bindparam("keys", expanding=True)))
+
+_KEYED_EXTRA = ("natural_key", "content_hash")
+_KEYED_REQUIRED = ("billed_cost", "billing_currency", "charge_period_start", "charge_period_end", *_KEYED_EXTRA)
+
+
+def _keyed_encoder(columns: Sequence[str], sqlite: bool) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """Encode one :class:`KeyedRows` tuple for :data:`_WRITE_TABLE`, exactly as :func:`_record_to_row` would.
+
+    Columns that are left out and default to NULL are not bound at all: the upsert sets every column from
+    ``excluded``, which holds NULL for them, so the stored row is the same and the driver binds half as much.
+    """
+    cols = tuple(columns)
+    unknown = sorted(set(cols) - set(_RECORD_ATTRS) - set(_KEYED_EXTRA))
+    missing = [c for c in _KEYED_REQUIRED if c not in cols]
+    if unknown or missing or len(set(cols)) != len(cols):
+        raise ValueError(f"KeyedRows columns: unknown {unknown}, missing {missing}, or repeated, in {cols}")
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    defaults = _record_to_row(CostRecord(Decimal(0), "", epoch, epoch), sqlite)
+    base = {a: v for a, v in defaults.items() if a not in cols and v is not None}
+    kinds = {c.attr: c.kind for c in COLUMNS if c.attr in cols}
+    tag_attrs = [a for a, k in kinds.items() if k is Kind.TAGS]
+    bool_attrs = [a for a, k in kinds.items() if k is Kind.BOOL]
+    dec_attrs = [a for a, k in kinds.items() if sqlite and k in (Kind.MONEY, Kind.DECIMAL)]
+    time_attrs = [a for a, k in kinds.items() if sqlite and k is Kind.TIME]
+    times: dict[dt.datetime, str] = {}  # aggregates share a few distinct days
+
+    def encode(values: Sequence[Any]) -> dict[str, Any]:
+        row = base.copy()
+        row.update(zip(cols, values, strict=True))
+        for a in tag_attrs:
+            v = row[a]
+            row[a] = json.dumps(v, sort_keys=True, ensure_ascii=False) if v else None
+        for a in bool_attrs:
+            row[a] = bool(row[a])
+        for a in dec_attrs:
+            v = row[a]
+            if v is not None:
+                row[a] = format(v, "f")
+        for a in time_attrs:
+            v = row[a]
+            if v is not None:
+                t = times.get(v)
+                if t is None:
+                    t = _sqlite_time(v)
+                    if len(times) < 10_000:
+                        times[v] = t
+                row[a] = t
+        return row
+
+    return encode
+
+
 def _row_to_record(m: Any) -> CostRecord:
     kw = {a: m[a] for a in _RECORD_ATTRS}
     for a in _TAG_ATTRS:
@@ -165,9 +329,9 @@ class Ledger:
 
     def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
         self.url = url or default_ledger_url()
-        self.engine = make_engine(self.url)
+        self._own_engine = _is_memory(self.url)  # a private in-memory database, closed with this Ledger
+        self.engine = shared_engine(self.url)
         self.dialect = self.engine.dialect.name
-        self._upsert_cache: dict[tuple[str, ...], tuple[str, tuple[str, ...] | None]] = {}
         if migrate:
             self.migrate()
 
@@ -175,7 +339,10 @@ class Ledger:
         return f"Ledger({redact_url(self.url)})"
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Give the ledger back. The engine is shared per URL (:func:`shared_engine`) and stays open: the next
+        Ledger of this URL reuses its connections and compiled statements; :func:`dispose_engines` closes them."""
+        if self._own_engine:
+            self.engine.dispose()
 
     def __enter__(self) -> Ledger:
         return self
@@ -192,8 +359,12 @@ class Ledger:
             return c.execute(sa.text("SELECT version_num FROM finops_alembic_version")).scalar()
 
     def migrate(self) -> None:
-        """Run Alembic migrations up to head (skipped when the database is already at head)."""
+        """Run Alembic migrations up to head (skipped when the database is already at head; not checked again
+        in this process once seen at head, until :meth:`reset` or a failed write)."""
+        if self.url in _AT_HEAD:
+            return
         if self.schema_revision() == SCHEMA_REVISION:
+            self._at_head()
             return
         from alembic import command
         from alembic.config import Config
@@ -206,6 +377,11 @@ class Ledger:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         log.info("ledger %s migrated to schema %s", redact_url(self.url), SCHEMA_REVISION)
+        self._at_head()
+
+    def _at_head(self) -> None:
+        if not self._own_engine:
+            _AT_HEAD.add(self.url)
 
     # ----------------------------------------------------------------- write
     def _insert(self) -> Any:
@@ -228,6 +404,7 @@ class Ledger:
         replace_window: bool = False,
         batch_id: str | None = None,
         connection: Connection | None = None,
+        keyed: KeyedRows | None = None,
     ) -> IngestResult:
         """Upsert records and quarantine bad rows, atomically, as one batch.
 
@@ -240,6 +417,8 @@ class Ledger:
         :param batch_id: idempotency / audit handle; generated when not given.
         :param connection: run inside this open transaction (the caller commits or rolls back), so the
             caller's own bookkeeping (for example stream checkpoints) is atomic with these rows.
+        :param keyed: pre-keyed rows (bulk aggregates) written in the same batch after ``items``; they skip the
+            per-record fingerprinting and encoding but are upserted, audited and counted the same way.
         :return: counts and per-currency totals of the valid rows received.
         """
         if replace_window and window is None:
@@ -304,6 +483,27 @@ class Ledger:
                 if len(chunk) >= _CHUNK:
                     self._upsert_chunk(conn, insert, chunk, res, batch_id, now)
                     chunk = []
+            if keyed is not None:
+                encode_row = _keyed_encoder(keyed.columns, sqlite)
+                i_billed = list(keyed.columns).index("billed_cost")
+                i_cur = list(keyed.columns).index("billing_currency")
+                keyed_totals: dict[str, Decimal] = {}  # MoneyBag's arithmetic, without a context switch per row
+                for values in keyed.rows:
+                    res.rows_in += 1
+                    cur = values[i_cur]
+                    keyed_totals[cur] = MONEY_CONTEXT.add(keyed_totals.get(cur, Decimal(0)), values[i_billed])
+                    row = encode_row(values)
+                    nk = row["natural_key"]
+                    if nk in keys_in_batch:
+                        raise ValueError(f"KeyedRows: natural key {nk} appears twice in one batch")
+                    keys_in_batch.add(nk)
+                    row.update(collection_scope=scope, batch_id=batch_id, updated_at=now_w)
+                    chunk.append(row)
+                    if len(chunk) >= _CHUNK:
+                        self._upsert_chunk(conn, insert, chunk, res, batch_id, now)
+                        chunk = []
+                for cur, total in keyed_totals.items():
+                    bag.add_raw(total, cur)
             if chunk:
                 self._upsert_chunk(conn, insert, chunk, res, batch_id, now)
             if bad:
@@ -342,18 +542,7 @@ class Ledger:
         self, conn: Connection, insert: Any, chunk: list[dict[str, Any]], res: IngestResult, batch_id: str, now: Any
     ) -> None:
         keys = [r["natural_key"] for r in chunk]
-        existing = {
-            row.natural_key: row
-            for row in conn.execute(
-                sa.select(
-                    cost_line.c.natural_key,
-                    cost_line.c.content_hash,
-                    cost_line.c.billed_cost,
-                    cost_line.c.effective_cost,
-                    cost_line.c.billing_currency,
-                ).where(cost_line.c.natural_key.in_(keys))
-            )
-        }
+        existing = {row.natural_key: row for row in conn.execute(_EXISTING, {"keys": keys})}
         writes: list[dict[str, Any]] = []
         audits: list[dict[str, Any]] = []
         for r in chunk:
@@ -387,14 +576,15 @@ class Ledger:
             if order is None:
                 conn.exec_driver_sql(sql, writes)
             else:
-                conn.exec_driver_sql(sql, [tuple(w[k] for k in order) for w in writes])
+                conn.exec_driver_sql(sql, list(map(operator.itemgetter(*order), writes)))
         if audits:
             conn.execute(cost_line_audit.insert(), audits)
 
     def _upsert_sql(self, insert: Any, keys: list[str]) -> tuple[str, tuple[str, ...] | None]:
-        """The compiled upsert (cached): SQL text and, for positional paramstyles, the parameter order."""
-        cache_key = tuple(keys)
-        hit = self._upsert_cache.get(cache_key)
+        """The compiled upsert (cached per process): SQL text and, for positional paramstyles, the parameter order."""
+        dialect = self.engine.dialect
+        cache_key = (type(dialect), dialect.paramstyle, *keys)
+        hit = _UPSERT_SQL.get(cache_key)
         if hit is not None:
             return hit
         stmt = insert(_WRITE_TABLE)
@@ -407,7 +597,7 @@ class Ledger:
         compiled = stmt.compile(dialect=self.engine.dialect, column_keys=keys)
         order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
         out = (str(compiled), order)
-        self._upsert_cache[cache_key] = out
+        _UPSERT_SQL[cache_key] = out
         return out
 
     def _remove_vanished(
@@ -419,18 +609,25 @@ class Ledger:
         batch_id: str,
         now: Any,
     ) -> int:
-        q = sa.select(
-            cost_line.c.natural_key,
-            cost_line.c.content_hash,
-            cost_line.c.billed_cost,
-            cost_line.c.effective_cost,
-            cost_line.c.billing_currency,
-        ).where(
+        # keys first (cheap), the audited values only for the rows that go; rows this batch wrote are kept anyway
+        in_window = sa.select(cost_line.c.natural_key).where(
             cost_line.c.collection_scope == scope,
             cost_line.c.charge_period_start >= window[0],
             cost_line.c.charge_period_start < window[1],
+            cost_line.c.batch_id != batch_id,
         )
-        gone = [row for row in conn.execute(q) if row.natural_key not in keep]
+        gone_keys = [k for (k,) in conn.execute(in_window) if k not in keep]
+        gone: list[Any] = []
+        for i in range(0, len(gone_keys), _CHUNK):
+            gone += conn.execute(
+                sa.select(
+                    cost_line.c.natural_key,
+                    cost_line.c.content_hash,
+                    cost_line.c.billed_cost,
+                    cost_line.c.effective_cost,
+                    cost_line.c.billing_currency,
+                ).where(cost_line.c.natural_key.in_(gone_keys[i : i + _CHUNK]))
+            ).all()
         for i in range(0, len(gone), _CHUNK):
             part = gone[i : i + _CHUNK]
             conn.execute(
@@ -524,14 +721,55 @@ class Ledger:
                 else:
                     yield row
 
+    def _exact_sum(self, column: Any) -> Any:
+        """An exact SQL sum of a money column, or None when the dialect has none (then Python sums the rows)."""
+        if self.dialect == "sqlite":
+            return sa.func.finops_decimal_sum(column, type_=ExactDecimal())
+        if self.dialect == "postgresql":
+            return sa.func.sum(column)  # NUMERIC: exact
+        return None
+
     def totals(self, basis: str = "billed", **filters: Any) -> MoneyBag:
-        """Exact per-currency total of a cost basis over the matching rows."""
+        """Exact per-currency total of a cost basis over the matching rows (summed in the database)."""
         attr = COST_BASES[basis]
         bag = MoneyBag()
-        for amount, cur in self.rows([attr, "billing_currency"], **filters):
-            if amount is not None:
-                bag.add_raw(amount, cur)
+        total = self._exact_sum(cost_line.c[attr])
+        if total is None:
+            for amount, cur in self.rows([attr, "billing_currency"], **filters):
+                if amount is not None:
+                    bag.add_raw(amount, cur)
+            return bag
+        cur_col = cost_line.c.billing_currency
+        q = sa.select(cur_col, total).where(*self._where(**filters)).group_by(cur_col)
+        with self.engine.connect() as conn:
+            for cur, amount in conn.execute(q):
+                if amount is not None:
+                    bag.add_raw(amount, cur)
         return bag
+
+    def daily_totals(self, basis: str = "billed", *, currency: str, **filters: Any) -> dict[dt.date, Decimal]:
+        """Exact total of a cost basis in ``currency`` per UTC day of ``charge_period_start`` (days with spend)."""
+        attr = COST_BASES[basis]
+        out: dict[dt.date, Decimal] = {}
+        total = self._exact_sum(cost_line.c[attr])
+        if total is None:
+            for amount, start in self.rows([attr, "charge_period_start"], currency=currency, **filters):
+                if amount is not None:
+                    d = start.astimezone(dt.UTC).date()
+                    out[d] = MONEY_CONTEXT.add(out.get(d, Decimal(0)), amount)
+            return out
+        start_col = cost_line.c.charge_period_start
+        if self.dialect == "sqlite":  # stored as naive UTC text 'YYYY-MM-DD HH:MM:SS.ffffff'
+            day = sa.func.substr(start_col, 1, 10)
+        else:
+            day = sa.func.date(sa.func.timezone("UTC", start_col))
+        q = sa.select(day, total).where(*self._where(currency=currency, **filters)).group_by(day)
+        with self.engine.connect() as conn:
+            for d, amount in conn.execute(q):
+                if amount is not None:
+                    d = d if isinstance(d, dt.date) else dt.date.fromisoformat(d)
+                    out[d] = MONEY_CONTEXT.add(Decimal(0), amount)
+        return out
 
     def count(self, **filters: Any) -> int:
         with self.engine.connect() as conn:
@@ -593,6 +831,7 @@ class Ledger:
 
     def reset(self) -> None:
         """Drop every finops table (tests and ``finops demo --fresh`` only)."""
+        _AT_HEAD.discard(self.url)
         with self.engine.begin() as conn:
             metadata.drop_all(conn)
             conn.execute(sa.text("DROP TABLE IF EXISTS finops_alembic_version"))

@@ -100,6 +100,11 @@ def parse_card(
     return out, dict(data.get("rates") or {})
 
 
+#: libyaml's safe loader when PyYAML was built with it: the same safe constructors, parsing ~20x faster (loading the
+#: shipped cards took ~40 ms of the first task callback of a process; Airflow 3 runs each task try in a new process)
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class RateCard:
     """All prices known to the provider: shipped cards plus user overrides (overrides win)."""
 
@@ -116,7 +121,7 @@ class RateCard:
         prices: list[Price] = []
         rates: dict[str, dict[str, Any]] = {}
         for f in sorted(directory.glob("*.yaml")):
-            data = yaml.safe_load(f.read_text(encoding="utf-8"))
+            data = yaml.load(f.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)  # noqa: S506 (a safe loader)
             ps, rs = parse_card(data, f.name)
             prices.extend(ps)
             rates[str(data["platform"]).lower()] = rs

@@ -8,12 +8,7 @@ from typing import Any
 
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
-from finops_provider.triggers.budget import (
-    BillingFreshnessTrigger,
-    BudgetHeadroomTrigger,
-    billing_final,
-    budget_headroom,
-)
+# The triggers module (and airflow.triggers.base) is imported when a sensor runs, not when a DAG file is parsed.
 
 
 def _default_deferrable() -> bool:
@@ -51,12 +46,16 @@ class BudgetHeadroomSensor(BaseSensorOperator):
     def poke(self, context: Any) -> Any:
         from airflow.sdk import PokeReturnValue
 
+        from finops_provider.triggers.budget import budget_headroom
+
         state = budget_headroom(self.budget, self.below_pct)
         return PokeReturnValue(is_done=state["ok"], xcom_value=state)
 
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
+        from finops_provider.triggers.budget import BudgetHeadroomTrigger, budget_headroom
+
         state = budget_headroom(self.budget, self.below_pct)
         if state["ok"]:
             return state
@@ -93,12 +92,16 @@ class BillingDataFreshnessSensor(BaseSensorOperator):
     def poke(self, context: Any) -> Any:
         from airflow.sdk import PokeReturnValue
 
+        from finops_provider.triggers.budget import billing_final
+
         state = billing_final(self.source, self.start, self.end)
         return PokeReturnValue(is_done=state["ok"], xcom_value=state)
 
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
+        from finops_provider.triggers.budget import BillingFreshnessTrigger, billing_final
+
         state = billing_final(self.source, self.start, self.end)
         if state["ok"]:
             return state

@@ -278,6 +278,63 @@ def test_filters(ledger: Ledger, make_record, filters: dict, expected: Decimal) 
     assert _usd(ledger, **filters) == expected
 
 
+def test_daily_totals_are_exact_per_utc_day(ledger: Ledger, make_record) -> None:
+    plus2 = dt.timezone(dt.timedelta(hours=2))
+    late = dt.datetime(2024, 9, 2, 1, 30, tzinfo=plus2)  # 2024-09-01 23:30 UTC: counts on the 1st
+    ledger.ingest(
+        [
+            make_record("0.1000000000000001", x_team="data"),
+            make_record("0.2", hour=5, x_team="data", effective_cost=None),
+            make_record("7", charge_period_start=late, charge_period_end=late + dt.timedelta(hours=1), x_team="data"),
+            make_record("1E-16", day=1, x_team="data"),
+            make_record("100", day=1, x_team="data", billing_currency="EUR"),
+            make_record("50", day=1, x_team="ml"),
+        ],
+        source="t",
+    )
+    daily = ledger.daily_totals(currency="USD", team="data")
+    assert daily == {dt.date(2024, 9, 1): Decimal("7.3000000000000001"), dt.date(2024, 9, 2): Decimal("1E-16")}
+    assert ledger.daily_totals("effective", currency="USD", team="data") == {
+        dt.date(2024, 9, 1): Decimal("7.1000000000000001"),
+        dt.date(2024, 9, 2): Decimal("1E-16"),
+    }
+    assert ledger.daily_totals(currency="EUR") == {dt.date(2024, 9, 2): Decimal("100")}
+    # the same figures as summing the rows in Python
+    by_row: dict[dt.date, Decimal] = {}
+    for amount, start in ledger.rows(["billed_cost", "charge_period_start"], currency="USD", team="data"):
+        by_row[start.date()] = by_row.get(start.date(), Decimal(0)) + amount
+    assert daily == by_row
+    assert _bag(ledger.totals(team="data")) == {"EUR": Decimal("100"), "USD": sum(by_row.values())}
+
+
+def test_ledgers_of_one_url_share_one_engine_and_check_the_schema_once(ledger_url: str, monkeypatch) -> None:
+    from finops_provider.core import ledger as ledger_mod
+
+    with Ledger(ledger_url) as a, Ledger(ledger_url) as b:
+        assert a.engine is b.engine
+    checks: list[str] = []
+    monkeypatch.setattr(Ledger, "schema_revision", lambda self: checks.append(self.url) or SCHEMA_REVISION)
+    with Ledger(ledger_url) as c:
+        assert c.count() == 0
+    assert checks == []  # seen at head before: not checked again
+    with Ledger(ledger_url) as d:
+        with pytest.raises(sa.exc.DBAPIError), d.engine.connect() as conn:
+            conn.execute(sa.text("SELECT * FROM no_such_table"))
+    with Ledger(ledger_url):
+        pass
+    assert checks == [ledger_url]  # a database error: checked again on the next open
+    ledger_mod.dispose_engines()
+    with Ledger(ledger_url) as e:
+        assert e.engine is not a.engine
+
+
+def test_in_memory_ledgers_stay_separate(make_record) -> None:
+    with Ledger("sqlite://") as a, Ledger("sqlite://") as b:
+        assert a.engine is not b.engine
+        a.ingest([make_record("1")], source="t")
+        assert (a.count(), b.count()) == (1, 0)
+
+
 # ------------------------------------------------------------------ breaches
 def _breach(pct: str = "80") -> Breach:
     start = dt.datetime(2024, 9, 1, tzinfo=UTC)
