@@ -217,7 +217,9 @@ def report_dir(period: str, now: dt.datetime, base: str | Path | None = None) ->
 class PublishSummaryOperator(BaseOperator):
     """Build the executive summary of the period containing the run's interval end and write
     ``summary.md``, ``summary.json`` and ``summary.html`` (overwritten: idempotent); optionally send the Slack
-    digest (summary + link). Returns (XCom) the files written and the billed totals per currency."""
+    digest (summary + link) — once per DAG, period and interval, through the outbox: a re-run, retry or backfill
+    of the same interval sends no second digest, and a digest Slack refused is retried with backoff.
+    Returns (XCom) the files written, the billed totals per currency and whether the digest is delivered."""
 
     template_fields = ("report_url", "slack_conn_id")
 
@@ -261,16 +263,46 @@ class PublishSummaryOperator(BaseOperator):
         files["html"].write_text(render_html(summary), encoding="utf-8")
         sent = False
         if self.slack_conn_id:
-            from finops_provider.reports.digest import send_digest
-
-            send_digest(summary, slack_conn_id=self.slack_conn_id, link=self.report_url or files["html"].as_uri())
-            sent = True
+            sent = self._send_digest_once(summary, self.report_url or files["html"].as_uri(), now)
         self.log.info("published the %s summary to %s (totals %s)", self.period, folder, summary["totals"]["billed"])
         return {
             "files": {k: str(v) for k, v in files.items()},
             "totals": summary["totals"]["billed"],
             "slack_digest": sent,
         }
+
+    def _send_digest_once(self, summary: dict[str, Any], link: str, now: dt.datetime) -> bool:
+        """Enqueue this interval's digest (outbox kind ``slack_digest``, unique key) and deliver it if due.
+
+        :return: True once the digest of this interval is delivered (now or by an earlier try).
+        :raises RuntimeError: Slack refused it; the outbox retries it (this task's retry, or any drainer).
+        """
+        import sqlalchemy as sa
+
+        from finops_provider.callbacks.runtime import drain, outbox_for
+        from finops_provider.core.outbox import DONE
+        from finops_provider.core.schema import outbox
+        from finops_provider.settings import get_config, get_ledger
+
+        key = f"digest|{self.dag_id}|{self.task_id}|{self.period}|{now.isoformat()}|{self.slack_conn_id}"
+        payload = {
+            "kind": "digest",
+            "dag_id": self.dag_id,
+            "summary": summary,
+            "link": link,
+            "route": {"slack_conn_id": self.slack_conn_id},
+        }
+        with get_ledger(self.ledger_url, get_config(self.config_path)) as ledger:
+            if not outbox_for(ledger).enqueue("slack_digest", key, payload):
+                self.log.info("the Slack digest of this interval was queued by an earlier try")
+            drain(ledger, keys=[key])
+            with ledger.engine.connect() as conn:
+                q = sa.select(outbox.c.status, outbox.c.last_error).where(outbox.c.dedupe_key == key)
+                status, error = conn.execute(q).one()
+        if status != DONE:  # the error's type only: the outbox row keeps the message
+            why = (error or "").split(":", 1)[0]
+            raise RuntimeError(f"the Slack digest was not delivered ({status}, {why}); the outbox retries it")
+        return True
 
 
 def build_aggregation_dag(

@@ -18,7 +18,12 @@ from rich.table import Table
 from finops_provider.core.config import ConfigError, FinOpsConfig, load_config
 from finops_provider.core.money import Money, MoneyBag
 
-app = typer.Typer(help="FinOps control plane for data platforms.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="FinOps control plane for data platforms.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # a traceback's locals would print ledger URLs (passwords) and tokens
+)
 console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, soft_wrap=True)
 

@@ -2,11 +2,19 @@
 
 Loaded with ``yaml.safe_load`` (never executes code) into frozen pydantic models. Every error names the
 file, the key path and the fix.
+
+Paths in a config file are confined: a file it names (today the SQLite file of ``ledger.url``) must lie inside
+``$FINOPS_HOME`` or the config file's own folder, with no ``..`` component and no symlink leading out of those
+folders; a relative path resolves against the config file's folder, never the process's working directory.
+Paths from the environment, airflow.cfg, connections, DAG code or the command line are the operator's own
+choice and are not confined.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -242,8 +250,79 @@ def parse_config(data: Any, *, where: str = "<config>") -> FinOpsConfig:
         raise ConfigError("\n".join(lines)) from None
 
 
+def config_roots(config_file: str | Path) -> tuple[Path, ...]:
+    """The folders a config file's paths may point into: ``$FINOPS_HOME`` and the config file's folder."""
+    from finops_provider.core.ledger import finops_home
+
+    return (Path(os.path.abspath(finops_home())), Path(os.path.abspath(Path(config_file).parent)))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def confine_path(value: str, *, roots: Sequence[Path], base: Path, where: str, key: str) -> Path:
+    """The absolute path ``value`` names, if it stays inside ``roots``; else :class:`ConfigError`.
+
+    Refused: any ``..`` component, an absolute path (or ``~``) outside every root, and a path that is inside a
+    root as written but leaves it through a symlink (checked on the fully resolved path). A relative path
+    resolves against ``base``.
+    """
+    listing = " or ".join(str(r) for r in roots)
+    fix = f"put the file inside {listing} ($FINOPS_HOME or the config file's folder), or give the path through "
+    fix += "the environment instead (FINOPS_LEDGER_URL, FINOPS_HOME)"
+    p = Path(os.path.expanduser(value))
+    if ".." in p.parts:
+        raise ConfigError(f"{where}: {key}: {value!r} contains '..' (write the path without '..', inside {listing})")
+    if not p.is_absolute():
+        p = base / p
+    p = Path(os.path.normpath(p))
+    try:
+        real = p.resolve(strict=False)
+        real_roots = [r.resolve(strict=False) for r in roots]
+    except (ValueError, OSError, RuntimeError) as e:  # NUL byte, symlink loop
+        raise ConfigError(f"{where}: {key}: {value!r} is not a usable file path ({e}); fix the value") from None
+    if any(_inside(real, r) for r in real_roots):
+        return p
+    if any(_inside(p, r) for r in (*roots, *real_roots)):
+        escape = f"leads through a symlink to {real}, outside the allowed folders"
+        raise ConfigError(f"{where}: {key}: {value!r} {escape} ({fix})")
+    raise ConfigError(f"{where}: {key}: {value!r} is outside the allowed folders ({fix})")
+
+
+def _confine_ledger_url(cfg: FinOpsConfig, config_file: Path) -> FinOpsConfig:
+    """``ledger.url``: a SQLite file must stay inside :func:`config_roots`; it comes back with an absolute path."""
+    url = cfg.ledger.url
+    if not url:
+        return cfg
+    import sqlalchemy as sa
+
+    where = str(config_file)
+    try:
+        u = sa.engine.make_url(url)
+    except Exception:  # the message of a parse error may quote the URL, password included
+        raise ConfigError(
+            f"{where}: ledger.url: not a database URL (use postgresql+psycopg://user:pass@host/db, "
+            f"or sqlite:///ledger.db for a file in this folder)"
+        ) from None
+    if not u.drivername.startswith("sqlite") or u.database in (None, "", ":memory:"):
+        return cfg
+    if u.database.startswith("file:") or u.query.get("uri"):
+        raise ConfigError(
+            f"{where}: ledger.url: SQLite URI file names are not supported here (write sqlite:///<path of the file>)"
+        )
+    base = Path(os.path.abspath(config_file.parent))
+    path = confine_path(u.database, roots=config_roots(config_file), base=base, where=where, key="ledger.url")
+    fixed = u.set(database=str(path)).render_as_string(hide_password=False)
+    return cfg.model_copy(update={"ledger": cfg.ledger.model_copy(update={"url": fixed})})
+
+
 def load_config(path: str | Path | None) -> FinOpsConfig:
-    """Load ``config.yaml`` safely; ``None`` gives the defaults."""
+    """Load ``config.yaml`` safely; ``None`` gives the defaults.
+
+    File paths in it are confined to :func:`config_roots` (see the module docstring); relative ones come back
+    absolute, resolved against the config file's folder.
+    """
     if path is None:
         return FinOpsConfig()
     p = Path(path)
@@ -257,4 +336,4 @@ def load_config(path: str | Path | None) -> FinOpsConfig:
         mark = getattr(e, "problem_mark", None)
         loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{p}:{loc}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
-    return parse_config(data, where=str(p))
+    return _confine_ledger_url(parse_config(data, where=str(p)), p)

@@ -171,6 +171,7 @@ def actions_taken(ledger: Any, start: dt.datetime, end: dt.datetime, limit: int 
         q = (
             sa.select(outbox)
             .where(outbox.c.created_at >= start, outbox.c.created_at < end)
+            .where(outbox.c.kind != "slack_digest")  # the summary's own digests are reports, not actions
             .order_by(outbox.c.id)
             .limit(limit)
         )

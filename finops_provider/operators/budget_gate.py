@@ -10,7 +10,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-from finops_provider.core.money import MONEY_CONTEXT, to_decimal
+from finops_provider.core.money import MONEY_CONTEXT, decimal_text, to_decimal
 
 OUTCOMES = ("pass", "skip", "fail", "approval")
 
@@ -31,9 +31,10 @@ class BudgetGateOperator(ApprovalOperator):
         BigQuery dry run via :func:`finops_provider.core.estimate.bigquery_on_demand_estimate`).
     :param estimate_currency: currency of ``estimate``.
     :param on_breach: ``pass`` | ``skip`` | ``fail`` | ``approval``.
-    :param slack_conn_id: where the approval request goes (None: no Slack message).
-    :return: (XCom) ``{"decision": ..., "checks": [...]}``, money as strings; after an approval, the
-        ApprovalOperator's response (chosen option, who responded).
+    :param slack_conn_id: where the approval request goes (None: no Slack message); sent once per gated task
+        instance through the outbox, however often the gate is retried or re-run.
+    :return: (XCom) ``{"decision": ..., "checks": [...]}``, money as canonical exact strings (the same on every
+        ledger backend); after an approval, the ApprovalOperator's response (chosen option, who responded).
     """
 
     template_fields: Sequence[str] = (*ApprovalOperator.template_fields, "budgets", "estimate", "slack_conn_id")
@@ -92,10 +93,10 @@ class BudgetGateOperator(ApprovalOperator):
                 {
                     "budget": st.budget.name,
                     "currency": st.budget.currency,
-                    "limit": str(limit),
-                    "actual": str(st.actual.amount),
-                    "forecast": str(st.forecast.amount),
-                    "estimate": str(extra),
+                    "limit": decimal_text(limit),
+                    "actual": decimal_text(st.actual.amount),
+                    "forecast": decimal_text(st.forecast.amount),
+                    "estimate": decimal_text(extra),
                     "over": over,
                 }
             )
@@ -144,21 +145,48 @@ class BudgetGateOperator(ApprovalOperator):
         self._record(context, "approved" if approved else "rejected", actor, {"chosen": ret["chosen_options"]})
         return ret
 
+    @staticmethod
+    def _key(context: Any, what: str) -> str:
+        """``<what>|<dag>|<run>|<task>|<map index>``: one per gated task instance, whatever its try."""
+        ti = context["ti"]
+        return f"{what}|{ti.dag_id}|{ti.run_id}|{ti.task_id}|{getattr(ti, 'map_index', -1)}"
+
     def _record(self, context: Any, kind: str, actor: str, detail: dict[str, Any]) -> None:
+        """Log the gate's decision in the ledger: once per task instance and decision (a retried or re-run gate
+        that decides the same again adds nothing); a human's approval or rejection is logged each time."""
+        import sqlalchemy as sa
+
         from finops_provider.core.outbox import record_event
+        from finops_provider.core.schema import enforcement_event
         from finops_provider.settings import get_ledger
 
         ti = context["ti"]
+        key = self._key(context, f"gate:{kind}") if actor == "finops" else None
         try:
             with get_ledger() as ledger:
+                if key is not None:
+                    with ledger.engine.connect() as conn:
+                        q = sa.select(enforcement_event.c.id).where(enforcement_event.c.dedupe_key == key).limit(1)
+                        if conn.execute(q).first() is not None:
+                            return
                 record_event(
-                    ledger, kind, actor=actor, dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, detail=detail
+                    ledger,
+                    kind,
+                    actor=actor,
+                    dag_id=ti.dag_id,
+                    run_id=ti.run_id,
+                    task_id=ti.task_id,
+                    dedupe_key=key,
+                    detail=detail,
                 )
         except Exception as e:
             self.log.warning("could not record %s in the ledger (%s)", kind, type(e).__name__)
 
     def _ask_on_slack(self, context: Any, over: list[dict[str, Any]]) -> None:
-        from finops_provider.notifications.slack import FinOpsSlackNotifier
+        """Post the approval request through the outbox: one message per gated task instance (a retried or
+        re-run gate does not ask again), retried with backoff when Slack is down."""
+        from finops_provider.callbacks.runtime import drain, outbox_for
+        from finops_provider.settings import get_ledger
 
         ti = context["ti"]
         c = over[0]
@@ -166,9 +194,11 @@ class BudgetGateOperator(ApprovalOperator):
             link = self.generate_link_to_ui(task_instance=ti)
         except Exception:
             link = None
+        key = self._key(context, "approval")
         payload = {
             "kind": "approval",
             "breach": {
+                "dedupe_key": key,
                 "budget": c["budget"],
                 "budget_amount": {"amount": c["limit"], "currency": c["currency"]},
                 "actual": {"amount": c["actual"], "currency": c["currency"]},
@@ -178,8 +208,14 @@ class BudgetGateOperator(ApprovalOperator):
             "run_id": ti.run_id,
             "task_id": ti.task_id,
             "link": link,
+            "route": {"slack_conn_id": self.slack_conn_id or "slack_default"},
         }
         try:
-            FinOpsSlackNotifier(slack_conn_id=self.slack_conn_id or "slack_default").send_payload(payload)
+            with get_ledger() as ledger:
+                if not outbox_for(ledger).enqueue("slack", key, payload):
+                    self.log.info("the approval request of this task instance was already sent or queued")
+                res = drain(ledger, keys=[key])
+            if res.failed or res.dead:
+                self.log.warning("approval Slack message failed; the outbox retries it")
         except Exception as e:  # the approval request stays on the Required Actions page
             self.log.warning("approval Slack message failed (%s)", type(e).__name__)

@@ -10,7 +10,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from finops_provider.core.money import MONEY_CONTEXT
+from finops_provider.core.money import MONEY_CONTEXT, decimal_text
 
 
 def budget_headroom(
@@ -18,7 +18,8 @@ def budget_headroom(
 ) -> dict:
     """Current state of one budget: ``{"ok": utilisation < below_pct, "utilisation_pct", "actual", ...}``.
 
-    The config is re-read on every call, so a raised budget is seen without restarting the triggerer.
+    The config is re-read on every call, so a raised budget is seen without restarting the triggerer. Money is
+    canonical exact text (:func:`decimal_text`): the same state reads the same on every ledger backend.
     """
     from finops_provider.core.budgets import BudgetEngine
     from finops_provider.core.config import load_config
@@ -36,8 +37,8 @@ def budget_headroom(
         "ok": st.actual.amount < limit,
         "budget": budget,
         "utilisation_pct": str(st.utilisation_pct),
-        "actual": str(st.actual.amount),
-        "limit": str(limit),
+        "actual": decimal_text(st.actual.amount),
+        "limit": decimal_text(limit),
         "currency": st.budget.currency,
         "period_start": st.period_start.isoformat(),
     }
