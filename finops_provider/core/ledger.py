@@ -802,28 +802,39 @@ class Ledger:
 
         :param b: a :class:`finops_provider.core.budgets.Breach`.
         """
+        return b.dedupe_key in self.claim_breaches([b])
+
+    def claim_breaches(self, bs: Sequence[Any]) -> set[str]:
+        """:meth:`claim_breach` for several breaches in one transaction; returns the dedupe keys claimed here."""
+        if not bs:
+            return set()
         insert = self._insert()
-        stmt = (
-            insert(breach)
-            .values(
-                dedupe_key=b.dedupe_key,
-                budget=b.budget,
-                period_start=b.period_start,
-                threshold_pct=b.threshold_pct,
-                basis=b.basis,
-                currency=b.budget_amount.currency,
-                budget_amount=b.budget_amount.amount,
-                actual=b.actual.amount,
-                forecast=b.forecast.amount if b.forecast is not None else None,
-                actions=json.dumps(list(b.actions)),
-                first_seen=dt.datetime.now(dt.UTC),
-            )
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            # RETURNING, not rowcount: psycopg 3 reports rowcount -1 once SQLAlchemy has closed the cursor
-            .returning(breach.c.dedupe_key)
-        )
+        now = dt.datetime.now(dt.UTC)
+        claimed: set[str] = set()
         with self.engine.begin() as conn:
-            return conn.execute(stmt).first() is not None
+            for b in bs:
+                stmt = (
+                    insert(breach)
+                    .values(
+                        dedupe_key=b.dedupe_key,
+                        budget=b.budget,
+                        period_start=b.period_start,
+                        threshold_pct=b.threshold_pct,
+                        basis=b.basis,
+                        currency=b.budget_amount.currency,
+                        budget_amount=b.budget_amount.amount,
+                        actual=b.actual.amount,
+                        forecast=b.forecast.amount if b.forecast is not None else None,
+                        actions=json.dumps(list(b.actions)),
+                        first_seen=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                    # RETURNING, not rowcount: psycopg 3 reports rowcount -1 once SQLAlchemy has closed the cursor
+                    .returning(breach.c.dedupe_key)
+                )
+                if conn.execute(stmt).first() is not None:
+                    claimed.add(b.dedupe_key)
+        return claimed
 
     def breaches(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -52,6 +52,18 @@ _CREDENTIAL_CODES = {
 }
 
 
+def refused_credentials(exc: BaseException, service: str, conn_id: str | None, needs: str) -> CredentialsError | None:
+    """The error to raise when an AWS call failed because ``conn_id``'s credentials were refused, else ``None``."""
+    resp = getattr(exc, "response", None)
+    code = resp.get("Error", {}).get("Code", "") if isinstance(resp, dict) else ""
+    if code not in _CREDENTIAL_CODES:
+        return None
+    return CredentialsError(
+        f"{service} refused the credentials of connection {conn_id!r} ({code}); renew or fix that connection's "
+        f"keys / role (it needs {needs})"
+    )
+
+
 def _is_retryable(exc: BaseException) -> bool:
     resp = getattr(exc, "response", None)
     if isinstance(resp, dict):
@@ -117,13 +129,9 @@ class AwsCostExplorerHook(AwsBaseHook):
                 once, what="Cost Explorer GetCostAndUsage", is_retryable=_is_retryable, policy=self.retry_policy
             )
         except Exception as e:
-            resp = getattr(e, "response", None)
-            code = resp.get("Error", {}).get("Code", "") if isinstance(resp, dict) else ""
-            if code in _CREDENTIAL_CODES:
-                raise CredentialsError(
-                    f"Cost Explorer refused the credentials of connection {self.aws_conn_id!r} ({code}); renew or "
-                    "fix that connection's keys / role (it needs ce:GetCostAndUsage)"
-                ) from e
+            refused = refused_credentials(e, "Cost Explorer", self.aws_conn_id, "ce:GetCostAndUsage")
+            if refused is not None:
+                raise refused from e
             raise
 
     def iter_results(

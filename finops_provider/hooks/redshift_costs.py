@@ -22,7 +22,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-from finops_provider.collect import CollectResult, CredentialsError, ingest_collected
+from finops_provider.collect import CollectResult, ingest_collected
 from finops_provider.core.allocation import split_shared
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.estimate import TaskTry
@@ -41,7 +41,7 @@ from finops_provider.core.pricing import PriceNotFoundError, RateCard
 from finops_provider.core.records import CostRecord, build_record
 from finops_provider.core.retry import RetryPolicy, call_with_retry
 from finops_provider.hooks._sql import fetch_dicts, rate_card_for
-from finops_provider.hooks.aws_cost_explorer import _CREDENTIAL_CODES, _is_retryable
+from finops_provider.hooks.aws_cost_explorer import _is_retryable, refused_credentials
 
 PLATFORM = "redshift"
 SOURCE = "redshift"
@@ -103,13 +103,9 @@ class RedshiftCostHook(AwsBaseHook):
                     once, what="Redshift DescribeClusters", is_retryable=_is_retryable, policy=self.retry_policy
                 )
             except Exception as e:
-                resp = getattr(e, "response", None)
-                code = resp.get("Error", {}).get("Code", "") if isinstance(resp, dict) else ""
-                if code in _CREDENTIAL_CODES:
-                    raise CredentialsError(
-                        f"Redshift refused the credentials of connection {self.aws_conn_id!r} ({code}); renew or fix "
-                        "that connection's keys / role (it needs redshift:DescribeClusters)"
-                    ) from e
+                refused = refused_credentials(e, "Redshift", self.aws_conn_id, "redshift:DescribeClusters")
+                if refused is not None:
+                    raise refused from e
                 raise
             out.extend(page.get("Clusters", []))
             marker = page.get("Marker")

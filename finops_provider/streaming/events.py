@@ -225,7 +225,10 @@ class EventDecoder:
         attribution = data.get("attribution") or {}
         if not isinstance(attribution, dict):
             raise _Bad("attribution", "must be a JSON object")
-        attrs = {a: _text(attribution, a) for a in _ATTRIBUTION}
+        attrs: dict[str, str | None] = {}
+        for a in _ATTRIBUTION:  # the common case inline (short ASCII text); anything else is checked by _text
+            v = attribution.get(a)
+            attrs[a] = v if type(v) is str and 0 < len(v) <= _MAX_TEXT and v.isascii() else _text(attribution, a)
         tags = _tags(attribution.get("tags"))
         platform = _text(data, "platform")
         service = _text(data, "service")

@@ -48,16 +48,25 @@ _SUM_GET = operator.attrgetter(*SUMMED)
 _SAME_GET = operator.attrgetter(*_SAME)
 
 
-def line_key(rec: CostRecord) -> str:
+GroupKey = tuple[dt.datetime, tuple[Any, ...], str]
+
+
+def group_key(rec: CostRecord) -> GroupKey:
     """The cost line an event folds into: its attribution, currency, category and the hour of its time."""
     hour = rec.charge_period_start.replace(minute=0, second=0, microsecond=0)
     tags = json.dumps(rec.tags, sort_keys=True, ensure_ascii=False) if rec.tags else ""
-    text = repr((hour.isoformat(), _KEY_GET(rec), tags))
+    return hour, _KEY_GET(rec), tags
+
+
+def line_key(key: GroupKey) -> str:
+    """A short digest of a group key: what ``finops_stream_event.line_key`` stores."""
+    text = repr((key[0].isoformat(), key[1], key[2]))
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 @dataclasses.dataclass(slots=True)
 class _Group:
+    line_key: str
     first: CostRecord
     since: float  # monotonic time of its first pending event
     start: dt.datetime
@@ -71,17 +80,20 @@ class Folder:
     """Pending groups of applied-but-unfolded stream events, oldest first (pure; the runner writes them)."""
 
     def __init__(self) -> None:
-        self._groups: dict[str, _Group] = {}
+        self._groups: dict[GroupKey, _Group] = {}
         self.events = 0
 
     def __len__(self) -> int:
         return len(self._groups)
 
-    def add(self, key: str, rec: CostRecord, now: float | None = None) -> None:
+    def add(self, rec: CostRecord, now: float | None = None) -> str:
+        """Count ``rec`` in its group; returns the group's :func:`line_key`."""
+        key = group_key(rec)
         g = self._groups.get(key)
         self.events += 1
         if g is None:
-            self._groups[key] = _Group(
+            g = self._groups[key] = _Group(
+                line_key(key),
                 rec,
                 time.monotonic() if now is None else now,
                 rec.charge_period_start,
@@ -89,7 +101,7 @@ class Folder:
                 list(_SUM_GET(rec)),
                 list(_SAME_GET(rec)),
             )
-            return
+            return g.line_key
         g.events += 1
         if rec.charge_period_start < g.start:
             g.start = rec.charge_period_start
@@ -103,24 +115,27 @@ class Folder:
         for i, v in enumerate(_SAME_GET(rec)):
             if g.same[i] is not None and g.same[i] != v:
                 g.same[i] = None
+        return g.line_key
 
-    def due(self, older_than: float | None, limit: int | None = None) -> list[str]:
+    def due(self, older_than: float | None, limit: int | None = None) -> list[GroupKey]:
         """Keys of groups waiting since before ``older_than`` (monotonic; ``None``: all), oldest first."""
-        out: list[str] = []
+        out: list[GroupKey] = []
         for key, g in self._groups.items():  # insertion order is age order
             if (older_than is not None and g.since > older_than) or (limit is not None and len(out) >= limit):
                 break
             out.append(key)
         return out
 
-    def take(self, keys: Iterable[str], fold_id: str) -> tuple[list[CostRecord], int]:
-        """Remove ``keys`` and return their cost lines and the number of events they hold."""
+    def take(self, keys: Iterable[GroupKey], fold_id: str) -> tuple[list[CostRecord], list[str], int]:
+        """Remove ``keys``; return their cost lines, their line keys and the number of events they hold."""
         lines: list[CostRecord] = []
+        line_keys: list[str] = []
         n = 0
         for key in keys:
             g = self._groups.pop(key)
             self.events -= g.events
             n += g.events
+            line_keys.append(g.line_key)
             changes: dict[str, Any] = dict(zip(SUMMED, g.sums, strict=True))
             changes.update(zip(_SAME, g.same, strict=True))
             lines.append(
@@ -128,11 +143,11 @@ class Folder:
                     g.first,
                     charge_period_start=g.start,
                     charge_period_end=g.end,
-                    x_line_item_id=f"fold:{fold_id}:{key}",
+                    x_line_item_id=f"fold:{fold_id}:{g.line_key}",
                     **changes,
                 )
             )
-        return lines, n
+        return lines, line_keys, n
 
     def clear(self) -> None:
         self._groups.clear()

@@ -133,7 +133,9 @@ class KafkaSource:
         out: dict[str, int] = {}
         try:
             for tp in self._consumer.position(self._consumer.assignment()):
-                _low, high = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=0.5)
+                _low, high = self._consumer.get_watermark_offsets(  # from the last fetch: no broker round trip
+                    TopicPartition(tp.topic, tp.partition), cached=True
+                )
                 pos = tp.offset if tp.offset >= 0 else self._checkpoints.get(f"{tp.topic}:{tp.partition}", 0)
                 out[f"{tp.topic}:{tp.partition}"] = max(0, high - pos)
         except Exception as e:  # lag is a metric: never stop the stream for it

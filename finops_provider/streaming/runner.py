@@ -49,7 +49,7 @@ from finops_provider.core.ledger import Ledger, _sqlite_time
 from finops_provider.core.schema import stream_checkpoint, stream_dead_letter, stream_event, stream_feed, stream_state
 from finops_provider.streaming.engine import StreamEngine
 from finops_provider.streaming.events import DeadLetter, EventDecoder, StreamEvent
-from finops_provider.streaming.fold import Folder, line_key
+from finops_provider.streaming.fold import Folder, GroupKey
 from finops_provider.streaming.sources import Message, Source
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def _untyped(table: sa.Table) -> sa.Table:
 
 _EVENT_W = _untyped(stream_event)
 _STATE_W = _untyped(stream_state)
+_EVENT_COLS = tuple(c.name for c in _EVENT_W.columns)
 
 
 class StreamSink(Protocol):
@@ -181,7 +182,7 @@ class StreamProcessor:
         poll_timeout: float = 0.2,
         partition_idle_s: float = 30.0,
         fold_interval: float = 2.0,
-        fold_chunk: int = 100,
+        fold_chunk: int = 20,
         state_interval: float = 5.0,
     ) -> None:
         self.ledger = ledger
@@ -230,8 +231,23 @@ class StreamProcessor:
         else:
             conn.exec_driver_sql(text, [tuple(r[k] for k in order) for r in rows])
 
+    def _insert_events(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Rows in ``finops_stream_event`` column order, pre-encoded."""
+        text, order = self._event_sql
+        if order is None:
+            conn.exec_driver_sql(text, [dict(zip(_EVENT_COLS, r, strict=True)) for r in rows])  # type: ignore[arg-type]
+        elif order == _EVENT_COLS:
+            conn.exec_driver_sql(text, rows)  # type: ignore[arg-type]
+        else:
+            idx = [_EVENT_COLS.index(k) for k in order]
+            conn.exec_driver_sql(text, [tuple(r[i] for i in idx) for r in rows])
+
     def _t(self, v: dt.datetime | None) -> Any:
-        return _sqlite_time(v) if self._sqlite and v is not None else v
+        if not self._sqlite or v is None:
+            return v
+        if v.tzinfo is dt.UTC:  # records are UTC: the text SQLite's DateTime stores, without strftime
+            return v.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return _sqlite_time(v)
 
     # --------------------------------------------------------------- start
     def start(self) -> BatchResult:
@@ -394,27 +410,29 @@ class StreamProcessor:
                 res.late = sum(late)
                 res.applied = len(fresh) - res.late
                 received = self._t(now)
+                consumer = self.consumer
+                add = self._folder.add
+                t = self._t
                 rows = []
                 for e, is_late in zip(fresh, late, strict=True):
-                    key = line_key(e.record)
-                    self._folder.add(key, e.record, wall)
                     seq += 1
-                    rows.append(
-                        {
-                            "seq": seq,
-                            "event_id": e.event_id,
-                            "consumer": self.consumer,
-                            "producer": e.producer[:200],
-                            "position": e.position[:300],
-                            "event_time": self._t(e.record.charge_period_start),
-                            "late": is_late,
-                            "received_at": received,
-                            "payload": raw_of[e.event_id].decode("utf-8"),
-                            "line_key": key,
-                            "folded": None,
-                        }
+                    rec = e.record
+                    rows.append(  # finops_stream_event column order
+                        (
+                            e.event_id,
+                            consumer,
+                            e.producer[:200],
+                            e.position[:300],
+                            t(rec.charge_period_start),
+                            is_late,
+                            received,
+                            seq,
+                            raw_of[e.event_id].decode("utf-8"),
+                            add(rec, wall),
+                            None,
+                        )
                     )
-                self._executemany(conn, self._event_sql, rows)
+                self._insert_events(conn, rows)
                 breaches, anomalies = self.engine.evaluate()
             self._fold(conn, self._folder.due(wall - self.fold_interval, self.fold_chunk))
             new_anomalies = self._write_feed(conn, breaches, anomalies)
@@ -427,12 +445,12 @@ class StreamProcessor:
         return breaches, new_anomalies
 
     # ------------------------------------------------------------------ fold
-    def _fold(self, conn: sa.Connection, keys: list[str]) -> int:
-        """Write the cost lines of ``keys`` and mark their events folded, in ``conn``'s transaction."""
-        if not keys:
+    def _fold(self, conn: sa.Connection, groups: list[GroupKey]) -> int:
+        """Write the cost lines of ``groups`` and mark their events folded, in ``conn``'s transaction."""
+        if not groups:
             return 0
         fold_id = uuid.uuid4().hex
-        lines, n = self._folder.take(keys, fold_id)
+        lines, keys, n = self._folder.take(groups, fold_id)
         self.ledger.ingest(
             lines, source="stream", scope=f"stream:{self.consumer}", batch_id=f"stream-{fold_id}", connection=conn
         )
@@ -508,10 +526,10 @@ class StreamProcessor:
                 if isinstance(d, DeadLetter):
                     unreadable.append((event_id, f"{d.field}: {d.reason}"))
                     continue
-                folder.add(line_key(d.record), d.record)
+                folder.add(d.record)
                 ids.append(event_id)
             fold_id = uuid.uuid4().hex
-            lines, _ = folder.take(folder.due(None), fold_id)
+            lines, _, _ = folder.take(folder.due(None), fold_id)
             self.ledger.ingest(
                 lines, source="stream", scope=f"stream:{self.consumer}", batch_id=f"stream-{fold_id}", connection=conn
             )
@@ -646,9 +664,10 @@ class StreamProcessor:
             ],
         )
 
-    def _act(self, res: BatchResult, breaches: Iterable[Breach], anomalies: Iterable[Anomaly]) -> None:
+    def _act(self, res: BatchResult, breaches: Sequence[Breach], anomalies: Iterable[Anomaly]) -> None:
+        claimed = self.ledger.claim_breaches(breaches)
         for b in breaches:
-            if not self.ledger.claim_breach(b):
+            if b.dedupe_key not in claimed:
                 continue
             res.breaches.append(b)
             for s in self.sinks:
@@ -738,6 +757,7 @@ def build_processor(
     poll_timeout: float = 0.2,
     max_future: dt.timedelta | None = dt.timedelta(hours=1),
     fold_interval: float = 2.0,
+    fold_chunk: int = 20,
     state_interval: float = 5.0,
     **settings: Any,
 ) -> StreamProcessor:
@@ -758,5 +778,6 @@ def build_processor(
         max_batch=max_batch,
         poll_timeout=poll_timeout,
         fold_interval=fold_interval,
+        fold_chunk=fold_chunk,
         state_interval=state_interval,
     )

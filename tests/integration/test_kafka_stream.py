@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -59,29 +57,19 @@ CONFIG: dict[str, Any] = {
 
 
 def start_mock_cluster(brokers: int = 3) -> tuple[Any, str]:
-    """A mock cluster owned by a producer (it lives as long as that producer) and its bootstrap address."""
+    """A mock cluster owned by a producer (it lives as long as that producer) and its bootstrap address.
+
+    The brokers' addresses come from the cluster's own metadata. (Reading them from the ``debug: mock`` log
+    works too, but then every request of the brokers is formatted as a debug line: a p99 of ~500 ms where
+    the quiet mock cluster delivers in ~13 ms.)
+    """
     from confluent_kafka import Producer
 
-    lines: list[str] = []
-
-    class _Capture(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger(f"finops.test.kafka-mock.{uuid.uuid4().hex[:6]}")
-    logger.addHandler(_Capture())
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    owner = Producer({"test.mock.num.brokers": brokers, "logger": logger, "debug": "mock"})
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        owner.poll(0.05)
-        for line in lines:
-            m = re.search(r"replaced with (127\.0\.0\.1:\d+(?:,127\.0\.0\.1:\d+)*)", line)
-            if m:
-                logger.setLevel(logging.WARNING)  # the mock's debug log is very chatty
-                return owner, m.group(1)
-    raise RuntimeError("the librdkafka mock cluster did not report its bootstrap address")
+    owner = Producer({"test.mock.num.brokers": brokers})
+    md = owner.list_topics(timeout=15)
+    if not md.brokers:
+        raise RuntimeError("the librdkafka mock cluster reported no brokers")
+    return owner, ",".join(f"{b.host}:{b.port}" for b in sorted(md.brokers.values(), key=lambda b: b.id))
 
 
 @pytest.fixture(scope="module")

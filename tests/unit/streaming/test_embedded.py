@@ -206,11 +206,11 @@ def test_breach_lost_between_commit_and_claim_is_claimed_on_restart(sqlite_url, 
         p = _processor(led, config, path, rec, max_batch=100)
         p.start()
 
-        def crash(_b: Any) -> bool:
+        def crash(_bs: Any) -> set[str]:
             raise Crash("killed after the ledger commit, before the claim")
 
         p.ledger = Ledger(sqlite_url, migrate=False)
-        p.ledger.claim_breach = crash  # type: ignore[method-assign]
+        p.ledger.claim_breaches = crash  # type: ignore[method-assign]
         with pytest.raises(Crash):
             p.run_once()
         assert stream_events(led, "test")["events"] == 12 and rec.breaches == []
