@@ -3,6 +3,9 @@
 * Cost Explorer: requests (and dollars at the rate card's per-request price) to collect one day of 500 tagged
   jobs with our grouped query, against the naive one-request-per-job approach. Requests are counted on the
   wire against moto's Cost Explorer (results queued in the real response shape, 2 pages).
+* Azure Cost Management: Query API calls per scope for a day of 500 tagged jobs, counted on the wire by the
+  local HTTPS peer that replays the Query API's response shape (tests/fixtures/azure.py), against one query per
+  job and cost basis.
 * Push-down: line items billed vs rows returned to the worker, for the bulk FOCUS path (DuckDB GROUP BY at the
   ledger's grain) on a generated 1 M-row export.
 """
@@ -56,6 +59,46 @@ def cost_explorer() -> None:
     emit("api", "jobs collected", float(len({r.tags.get("airflow_dag_id") for r in res.records})), "jobs")
 
 
+def azure() -> None:
+    import ssl
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from pytest_httpserver import HTTPServer
+
+    from finops_provider.hooks.azure_cost_management import AzureCostManagementHook
+    from tests.fixtures.azure import SUBSCRIPTION, FakeCostManagement, StaticTokenCredential, _self_signed
+
+    os.environ["AIRFLOW_CONN_AZURE_DEFAULT"] = json.dumps(
+        {"conn_type": "azure", "login": "bench", "password": "bench",
+         "extra": {"tenantId": "66666666-7777-8888-9999-000000000000", "subscriptionId": SUBSCRIPTION}}
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = _self_signed(Path(tmp))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server = HTTPServer(host="127.0.0.1", port=0, ssl_context=ctx)
+        server.start()
+        os.environ["REQUESTS_CA_BUNDLE"] = str(cert)
+        try:
+            api = FakeCostManagement(server)
+            day = 20261001  # UsageDate as the service sends it
+            rows = [[f"{j}.25", day, "airflow_dag_id", f"job-{j:03d}", "Virtual Machines", "USD"] for j in range(500)]
+            for basis in ("ActualCost", "AmortizedCost"):
+                api.set(basis, rows)
+            hook = AzureCostManagementHook(
+                base_url=server.url_for("/"), repull_days=0, credential=StaticTokenCredential()
+            )
+            res = hook.collect("2026-10-01", "2026-10-02", tag_key="airflow_dag_id")
+        finally:
+            server.clear()
+            server.stop()
+    jobs = len({r.tags.get("airflow_dag_id") for r in res.records})
+    emit("api", "Azure Query API calls per scope for a day of 500 tagged jobs", len(api.requests), "calls",
+         baseline="one query per job and cost basis", baseline_value=2 * 500, target="<= 3",
+         met=len(api.requests) <= 3 and jobs == 500, higher_is_better=False)  # fmt: skip
+
+
 def push_down(rows: int = 1_000_000) -> None:
     from ingest import generate  # type: ignore[import-not-found]
 
@@ -71,4 +114,5 @@ def push_down(rows: int = 1_000_000) -> None:
 
 if __name__ == "__main__":
     cost_explorer()
+    azure()
     push_down()
