@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import importlib
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,15 +15,23 @@ from finops_provider.core.ledger import Ledger
 from finops_provider.core.records import build_record
 from finops_provider.triggers.budget import BillingFreshnessTrigger, BudgetHeadroomTrigger
 
-NOW = dt.datetime.now(dt.UTC)
+
+def _today() -> dt.datetime:
+    """Today's UTC midnight: the triggers evaluate the day of the real clock (the env fixture avoids midnight)."""
+    return dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _today_start() -> dt.datetime:
+    return _today() + dt.timedelta(seconds=1)
 
 
 def _rec(cost: str, *, provisional: bool = False, kind: str = "estimate", n: int = 0):  # type: ignore[no-untyped-def]
+    start = _today_start()
     return build_record(
         billed_cost=Decimal(cost),
         billing_currency="USD",
-        charge_period_start=NOW - dt.timedelta(minutes=1),
-        charge_period_end=NOW,
+        charge_period_start=start,
+        charge_period_end=start + dt.timedelta(seconds=1),
         x_dag_id="etl",
         x_line_item_id=f"l{n}",
         x_cost_kind=kind,
@@ -33,6 +42,10 @@ def _rec(cost: str, *, provisional: bool = False, kind: str = "estimate", n: int
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    now = dt.datetime.now(dt.UTC)
+    to_midnight = (now.replace(hour=0, minute=0, second=0, microsecond=0) + dt.timedelta(days=1) - now).total_seconds()
+    if to_midnight < 20:  # a test must not see the day change between writing its rows and the trigger's check
+        time.sleep(to_midnight + 0.5)
     cfg = tmp_path / "config.yaml"
     cfg.write_text('budgets:\n  - {name: etl-day, scope: {dag: etl}, period: day, amount: "10"}\n')
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -89,7 +102,7 @@ def test_headroom_reports_a_missing_budget(env: tuple[Path, str]) -> None:
 
 def test_freshness_waits_for_final_rows(env: tuple[Path, str]) -> None:
     _, url = env
-    start, end = (NOW - dt.timedelta(hours=1)).isoformat(), (NOW + dt.timedelta(hours=1)).isoformat()
+    start, end = _today().isoformat(), (_today() + dt.timedelta(days=1)).isoformat()
     with Ledger(url) as led:
         led.ingest([_rec("1", provisional=True, kind="billed")], source="aws-ce")
     trig = BillingFreshnessTrigger("aws-ce", start, end, poll_interval=0.2)
