@@ -277,11 +277,8 @@ class PublishSummaryOperator(BaseOperator):
         :return: True once the digest of this interval is delivered (now or by an earlier try).
         :raises RuntimeError: Slack refused it; the outbox retries it (this task's retry, or any drainer).
         """
-        import sqlalchemy as sa
-
         from finops_provider.callbacks.runtime import drain, outbox_for
         from finops_provider.core.outbox import DONE
-        from finops_provider.core.schema import outbox
         from finops_provider.settings import get_config, get_ledger
 
         key = f"digest|{self.dag_id}|{self.task_id}|{self.period}|{now.isoformat()}|{self.slack_conn_id}"
@@ -293,12 +290,11 @@ class PublishSummaryOperator(BaseOperator):
             "route": {"slack_conn_id": self.slack_conn_id},
         }
         with get_ledger(self.ledger_url, get_config(self.config_path)) as ledger:
-            if not outbox_for(ledger).enqueue("slack_digest", key, payload):
+            box = outbox_for(ledger)
+            if not box.enqueue("slack_digest", key, payload):
                 self.log.info("the Slack digest of this interval was queued by an earlier try")
             drain(ledger, keys=[key])
-            with ledger.engine.connect() as conn:
-                q = sa.select(outbox.c.status, outbox.c.last_error).where(outbox.c.dedupe_key == key)
-                status, error = conn.execute(q).one()
+            status, error = box.status(key) or ("missing", None)
         if status != DONE:  # the error's type only: the outbox row keeps the message
             why = (error or "").split(":", 1)[0]
             raise RuntimeError(f"the Slack digest was not delivered ({status}, {why}); the outbox retries it")

@@ -27,7 +27,7 @@ import os
 import threading
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -194,20 +194,47 @@ class IngestResult:
         return dict(self.__dict__)
 
 
-_WRITE_TABLE = sa.Table(  # the cost-line table with no per-value bind processing: rows are pre-encoded
-    cost_line.name,
-    sa.MetaData(),
-    *[sa.Column(c.name, sa.types.NullType()) for c in cost_line.columns if c.name != "id"],
-)
+# ------------------------------------------------------------------ pre-encoded writes (hot paths)
+#: compiled SQL text and, for positional paramstyles (SQLite), the parameter order
+RawSQL = tuple[str, tuple[str, ...] | None]
+
+
+def untyped(table: sa.Table, *, skip: Sequence[str] = ()) -> sa.Table:
+    """``table`` without per-value bind processing: for rows encoded beforehand as the typed columns would."""
+    cols = [sa.Column(c.name, sa.types.NullType()) for c in table.columns if c.name not in skip]
+    return sa.Table(table.name, sa.MetaData(), *cols)
+
+
+def compile_raw(stmt: Any, dialect: Any, column_keys: Sequence[str] | None = None) -> RawSQL:
+    """Compile ``stmt`` once for :func:`execute_raw`."""
+    compiled = stmt.compile(dialect=dialect, column_keys=list(column_keys) if column_keys is not None else None)
+    order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
+    return str(compiled), order
+
+
+def execute_raw(conn: Connection, raw: RawSQL, rows: Sequence[Mapping[str, Any]]) -> None:
+    """The driver's executemany on pre-encoded rows (no SQLAlchemy per-value processing)."""
+    sql, order = raw
+    if order is None:
+        conn.exec_driver_sql(sql, list(rows))  # type: ignore[arg-type]
+    elif len(order) == 1:
+        conn.exec_driver_sql(sql, [(r[order[0]],) for r in rows])
+    else:
+        conn.exec_driver_sql(sql, list(map(operator.itemgetter(*order), rows)))
+
+
+_WRITE_TABLE = untyped(cost_line, skip=("id",))
 
 
 #: compiled upserts of every Ledger in the process: (dialect, paramstyle, *bound columns) -> (SQL, parameter order)
-_UPSERT_SQL: dict[tuple[Any, ...], tuple[str, tuple[str, ...] | None]] = {}
+_UPSERT_SQL: dict[tuple[Any, ...], RawSQL] = {}
 
 
 def _sqlite_time(v: dt.datetime) -> str:
     """The text SQLAlchemy's SQLite DateTime stores (naive UTC), so range filters compare correctly."""
-    return v.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if v.tzinfo is not dt.UTC:  # records are UTC already: then no conversion and no strftime
+        v = v.astimezone(dt.UTC)
+    return v.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 _GET_ALL = operator.attrgetter(*_RECORD_ATTRS)
@@ -570,17 +597,12 @@ class Ledger:
                 )
             else:
                 res.unchanged += 1
-        if writes:
-            sql, order = self._upsert_sql(insert, list(writes[0]))
-            # rows are pre-encoded: hand them to the driver's executemany without per-value processing
-            if order is None:
-                conn.exec_driver_sql(sql, writes)
-            else:
-                conn.exec_driver_sql(sql, list(map(operator.itemgetter(*order), writes)))
+        if writes:  # rows are pre-encoded: the driver's executemany without per-value processing
+            execute_raw(conn, self._upsert_sql(insert, list(writes[0])), writes)
         if audits:
             conn.execute(cost_line_audit.insert(), audits)
 
-    def _upsert_sql(self, insert: Any, keys: list[str]) -> tuple[str, tuple[str, ...] | None]:
+    def _upsert_sql(self, insert: Any, keys: list[str]) -> RawSQL:
         """The compiled upsert (cached per process): SQL text and, for positional paramstyles, the parameter order."""
         dialect = self.engine.dialect
         cache_key = (type(dialect), dialect.paramstyle, *keys)
@@ -594,9 +616,7 @@ class Ledger:
             set_=update_cols,
             where=_WRITE_TABLE.c.content_hash != stmt.excluded.content_hash,
         )
-        compiled = stmt.compile(dialect=self.engine.dialect, column_keys=keys)
-        order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
-        out = (str(compiled), order)
+        out = compile_raw(stmt, self.engine.dialect, keys)
         _UPSERT_SQL[cache_key] = out
         return out
 

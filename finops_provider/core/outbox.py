@@ -230,6 +230,13 @@ class Outbox:
                 )
             )
 
+    def status(self, dedupe_key: str) -> tuple[str, str | None] | None:
+        """(status, last error) of the item with ``dedupe_key``, or ``None`` when there is none."""
+        q = sa.select(outbox.c.status, outbox.c.last_error).where(outbox.c.dedupe_key == dedupe_key)
+        with self.ledger.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return (row[0], row[1]) if row is not None else None
+
     def items(self, *, status: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
         q = sa.select(outbox).order_by(outbox.c.id)
         if status:

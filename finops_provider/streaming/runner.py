@@ -45,7 +45,8 @@ import sqlalchemy as sa
 
 from finops_provider.core.anomaly import Anomaly
 from finops_provider.core.budgets import Breach
-from finops_provider.core.ledger import Ledger, _sqlite_time
+from finops_provider.core.ledger import Ledger, _sqlite_time, compile_raw, execute_raw, untyped
+from finops_provider.core.records import CostRecord
 from finops_provider.core.schema import stream_checkpoint, stream_dead_letter, stream_event, stream_feed, stream_state
 from finops_provider.streaming.engine import StreamEngine
 from finops_provider.streaming.events import DeadLetter, EventDecoder, StreamEvent
@@ -57,13 +58,8 @@ log = logging.getLogger(__name__)
 _IN_CHUNK = 500
 
 
-def _untyped(table: sa.Table) -> sa.Table:
-    """``table`` without per-value bind processing (rows are handed over pre-encoded)."""
-    return sa.Table(table.name, sa.MetaData(), *[sa.Column(c.name, sa.types.NullType()) for c in table.columns])
-
-
-_EVENT_W = _untyped(stream_event)
-_STATE_W = _untyped(stream_state)
+_EVENT_W = untyped(stream_event)
+_STATE_W = untyped(stream_state)
 _EVENT_COLS = tuple(c.name for c in _EVENT_W.columns)
 
 
@@ -208,28 +204,16 @@ class StreamProcessor:
         self._sqlite = ledger.dialect == "sqlite"
         self._folder = Folder()
         self._refold = True  # the folder must be rebuilt from the ledger's unfolded events first
-        self._event_sql = self._compile(self._insert(_EVENT_W))
+        dialect = ledger.engine.dialect
+        self._event_sql = compile_raw(self._insert(_EVENT_W), dialect)
         st = self._insert(_STATE_W)
-        self._state_sql = self._compile(
+        self._state_sql = compile_raw(
             st.on_conflict_do_update(
                 index_elements=["consumer", "state_key"],
                 set_={k: st.excluded[k] for k in ("kind", "period_end", "payload", "updated_at")},
-            )
+            ),
+            dialect,
         )
-
-    def _compile(self, stmt: Any) -> tuple[str, tuple[str, ...] | None]:
-        compiled = stmt.compile(dialect=self.ledger.engine.dialect)
-        order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
-        return str(compiled), order
-
-    def _executemany(
-        self, conn: sa.Connection, sql: tuple[str, tuple[str, ...] | None], rows: list[dict[str, Any]]
-    ) -> None:
-        text, order = sql
-        if order is None:
-            conn.exec_driver_sql(text, rows)  # type: ignore[arg-type]
-        else:
-            conn.exec_driver_sql(text, [tuple(r[k] for k in order) for r in rows])
 
     def _insert_events(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
         """Rows in ``finops_stream_event`` column order, pre-encoded."""
@@ -243,11 +227,7 @@ class StreamProcessor:
             conn.exec_driver_sql(text, [tuple(r[i] for i in idx) for r in rows])
 
     def _t(self, v: dt.datetime | None) -> Any:
-        if not self._sqlite or v is None:
-            return v
-        if v.tzinfo is dt.UTC:  # records are UTC: the text SQLite's DateTime stores, without strftime
-            return v.replace(tzinfo=None).isoformat(" ", "microseconds")
-        return _sqlite_time(v)
+        return _sqlite_time(v) if self._sqlite and v is not None else v
 
     # --------------------------------------------------------------- start
     def start(self) -> BatchResult:
@@ -451,9 +431,7 @@ class StreamProcessor:
             return 0
         fold_id = uuid.uuid4().hex
         lines, keys, n = self._folder.take(groups, fold_id)
-        self.ledger.ingest(
-            lines, source="stream", scope=f"stream:{self.consumer}", batch_id=f"stream-{fold_id}", connection=conn
-        )
+        self._write_lines(conn, lines, fold_id)
         marked = 0
         for i in range(0, len(keys), _IN_CHUNK):
             marked += conn.execute(
@@ -472,6 +450,11 @@ class StreamProcessor:
             )
         self.metrics.folded += n
         return n
+
+    def _write_lines(self, conn: sa.Connection, lines: list[CostRecord], fold_id: str) -> None:
+        """The folded cost lines, through the one ledger write path, in ``conn``'s transaction."""
+        scope = f"stream:{self.consumer}"
+        self.ledger.ingest(lines, source="stream", scope=scope, batch_id=f"stream-{fold_id}", connection=conn)
 
     def _replay(self, after_seq: int) -> int:
         """Apply the events recorded after the state snapshot (seq > ``after_seq``) again, as first applied."""
@@ -530,9 +513,7 @@ class StreamProcessor:
                 ids.append(event_id)
             fold_id = uuid.uuid4().hex
             lines, _, _ = folder.take(folder.due(None), fold_id)
-            self.ledger.ingest(
-                lines, source="stream", scope=f"stream:{self.consumer}", batch_id=f"stream-{fold_id}", connection=conn
-            )
+            self._write_lines(conn, lines, fold_id)
             for i in range(0, len(ids), _IN_CHUNK):
                 conn.execute(
                     stream_event.update()
@@ -635,7 +616,7 @@ class StreamProcessor:
             for key, kind, end, payload in self._with_seq(self.engine.dirty_state(), seq)
         ]
         if rows:
-            self._executemany(conn, self._state_sql, rows)
+            execute_raw(conn, self._state_sql, rows)
 
     @staticmethod
     def _with_seq(
