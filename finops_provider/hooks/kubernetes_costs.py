@@ -74,12 +74,12 @@ def _days(start: dt.datetime, end: dt.datetime) -> Iterator[tuple[dt.datetime, d
         d += dt.timedelta(days=1)
 
 
-def _quantity(value: Any, field: str, container: Any) -> Decimal:
-    """A resource quantity; an unreadable one raises :class:`RecordError` naming the field and the container."""
+def _quantity(value: Any, field: str, where: str) -> Decimal:
+    """A resource quantity; an unreadable one raises :class:`RecordError` naming the field and where it is."""
     try:
         return parse_k8s_quantity(value)
     except (ValueError, ArithmeticError) as e:
-        raise RecordError(field, f"container {container}: {e}") from None
+        raise RecordError(field, f"{where}: {e}") from None
 
 
 def pod_requests(pod: dict[str, Any]) -> dict[str, Decimal]:
@@ -92,11 +92,11 @@ def pod_requests(pod: dict[str, Any]) -> dict[str, Decimal]:
         for c in (pod.get("spec") or {}).get("containers") or []:
             res = c.get("resources") or {}
             req, lim = res.get("requests") or {}, res.get("limits") or {}
-            name = c.get("name")
-            out["cpu"] += _quantity(req.get("cpu"), "resources.requests.cpu", name)
-            out["memory"] += _quantity(req.get("memory"), "resources.requests.memory", name)
+            where = f"container {c.get('name')}"
+            out["cpu"] += _quantity(req.get("cpu"), "resources.requests.cpu", where)
+            out["memory"] += _quantity(req.get("memory"), "resources.requests.memory", where)
             for k in GPU_KEYS:
-                out["gpu"] += _quantity(req.get(k) or lim.get(k), f"resources.requests.{k}", name)
+                out["gpu"] += _quantity(req.get(k) or lim.get(k), f"resources.requests.{k}", where)
     return out
 
 
@@ -108,8 +108,9 @@ def pod_usage(metrics_item: dict[str, Any] | None) -> dict[str, Decimal] | None:
     with localcontext(MONEY_CONTEXT):
         for c in metrics_item.get("containers") or []:
             u = c.get("usage") or {}
-            out["cpu"] += _quantity(u.get("cpu"), "usage.cpu", c.get("name"))
-            out["memory"] += _quantity(u.get("memory"), "usage.memory", c.get("name"))
+            where = f"container {c.get('name')}"
+            out["cpu"] += _quantity(u.get("cpu"), "usage.cpu", where)
+            out["memory"] += _quantity(u.get("memory"), "usage.memory", where)
     return out
 
 
@@ -349,20 +350,44 @@ class KubernetesCostHook(KubernetesHook):
         return res
 
     def node_cost(
-        self, start: dt.datetime, end: dt.datetime, *, now: dt.datetime | None = None
+        self,
+        start: dt.datetime,
+        end: dt.datetime,
+        *,
+        now: dt.datetime | None = None,
+        bad_rows: list[BadRow] | None = None,
     ) -> dict[dt.datetime, Money]:
-        """Node capacity cost per UTC day of ``[start, end)`` (nodes alive at collection time)."""
+        """Node capacity cost per UTC day of ``[start, end)`` (nodes alive at collection time).
+
+        :param bad_rows: receives a :class:`BadRow` naming the field for each node whose capacity or creation time
+            cannot be read; that node is left out and the other nodes still count. Without it, such a node raises
+            :class:`RecordError`.
+        """
         start, end = utc(start), utc(end)
         now = utc(now) if now else dt.datetime.now(dt.UTC)
         out: dict[dt.datetime, Money] = {}
-        for node in self.list_nodes():
+        for n, node in enumerate(self.list_nodes(), start=1):
             meta, cap = node.get("metadata") or {}, (node.get("status") or {}).get("capacity") or {}
-            born = utc(meta["creationTimestamp"]) if meta.get("creationTimestamp") else start
-            qty = {
-                "cpu": parse_k8s_quantity(cap.get("cpu")),
-                "memory": parse_k8s_quantity(cap.get("memory")),
-                "gpu": sum((parse_k8s_quantity(cap.get(k)) for k in GPU_KEYS), Decimal(0)),
-            }
+            name = meta.get("name", "")
+            try:
+                try:
+                    born = utc(meta["creationTimestamp"]) if meta.get("creationTimestamp") else start
+                except (ValueError, TypeError) as e:
+                    raise RecordError("metadata.creationTimestamp", f"cannot be read: {e}") from None
+                qty = {
+                    "cpu": _quantity(cap.get("cpu"), "status.capacity.cpu", "capacity"),
+                    "memory": _quantity(cap.get("memory"), "status.capacity.memory", "capacity"),
+                    "gpu": sum(
+                        (_quantity(cap.get(k), f"status.capacity.{k}", "capacity") for k in GPU_KEYS), Decimal(0)
+                    ),
+                }
+            except RecordError as e:
+                if bad_rows is None:
+                    raise
+                reason = f"node {name}: {e.message}; this node is left out of the cluster's idle cost"
+                raw = {"name": name, "capacity": cap, "creationTimestamp": meta.get("creationTimestamp")}
+                bad_rows.append(BadRow(n, e.field, reason, raw))
+                continue
             for d0, d1 in _days(start, end):
                 hours = hours_between(max(born, d0), min(d1, now))
                 if hours <= 0:
@@ -535,7 +560,8 @@ def collect_k8s(
     start, end = utc(start), utc(end)
     res = hook.collect_pods(start, end, now=now)
     ing = ingest_collected(ledger, config, res, replace_window=False)
-    nodes = hook.node_cost(start, end, now=now)
+    bad_nodes: list[BadRow] = []
+    nodes = hook.node_cost(start, end, now=now, bad_rows=bad_nodes)
     workload: dict[dt.datetime, Money] = {}
     for d0 in nodes:
         bag = ledger.totals(scope=res.scope, start=d0, end=d0 + dt.timedelta(days=1))
@@ -546,6 +572,7 @@ def collect_k8s(
         source=SOURCE,
         window=(start, end),
         scope=f"k8s:{hook.cluster_name}:idle",
+        bad_rows=bad_nodes,  # quarantined with the idle rows; the other nodes and every pod still land
     )
     ing_idle = ingest_collected(ledger, config, idle)
     res.records.extend(idle.records)

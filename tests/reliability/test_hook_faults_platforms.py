@@ -253,6 +253,34 @@ def test_k8s_a_bad_pod_is_quarantined_and_the_others_land(
         figures.checked(valid=11, lost=11 - led.count(), duplicates=led.count() - 11)
 
 
+BAD_NODES = [  # (node change, field the quarantine must name)
+    pytest.param({"capacity": {"cpu": "four", "memory": "16Gi"}}, "status.capacity.cpu", id="cpu-not-a-quantity"),
+    pytest.param({"capacity": {"cpu": "4", "memory": "16Qi"}}, "status.capacity.memory", id="memory-bad-suffix"),
+    pytest.param(
+        {"capacity": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "x"}}, "status.capacity.nvidia.com/gpu", id="gpu"
+    ),
+    pytest.param({"created": "last tuesday"}, "metadata.creationTimestamp", id="created-not-a-time"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), BAD_NODES)
+def test_k8s_a_node_with_unreadable_capacity_is_quarantined_and_the_rest_lands(
+    httpserver: Any, kube_api: Any, sqlite_url: str, change: dict[str, Any], field: str, figures
+) -> None:
+    """One node the collector cannot read no longer stops the collection: every pod lands, the readable node's
+    idle cost lands, and the unreadable node is quarantined naming the field (it used to raise out of node_cost)."""
+    args: dict[str, Any] = {"capacity": {"cpu": "4", "memory": "16Gi"}, **change}
+    FaultyKubeApi(httpserver, _pods(), [node("node-1", {"cpu": "4", "memory": "16Gi"}), node("bad-node", **args)])
+    figures.bad_input(f"k8s-node:{field}")
+    with Ledger(sqlite_url) as led:
+        res, ing = _k8s_collect(led)
+        (q,) = led.quarantined()
+        assert q["field"] == field and "node bad-node" in q["reason"] and q["row_number"] == 2
+        assert ing.quarantined == 1
+        _k8s_exact(led, res)  # pods exact, and pods + idle = the one readable node's cost
+        figures.checked(valid=11, lost=11 - led.count(), duplicates=led.count() - 11)
+
+
 # =============================================================================================== Fabric
 CU_HOUR = Decimal("0.18")  # ratecards/fabric.yaml
 CAPACITY_COST = 2 * 24 * CU_HOUR  # F2 running the whole day
