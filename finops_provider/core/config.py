@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -195,8 +196,7 @@ class FinOpsConfig(_Frozen):
 
     @model_validator(mode="after")
     def _unique_budgets(self) -> FinOpsConfig:
-        names = [b.name for b in self.budgets]
-        dup = {n for n in names if names.count(n) > 1}
+        dup = {n for n, k in Counter(b.name for b in self.budgets).items() if k > 1}  # 10,000 budgets: linear
         if dup:
             raise ValueError(f"budget names must be unique; duplicated: {', '.join(sorted(dup))}")
         for k in self.rate_cards:

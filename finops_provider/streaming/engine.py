@@ -28,6 +28,7 @@ dimension value (task of a DAG, DAG of a team, service of a platform) with the l
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
@@ -112,6 +113,7 @@ class BudgetState:
     """Running total of one budget in one period (or run)."""
 
     __slots__ = (
+        "asof",
         "b",
         "fired",
         "last_event",
@@ -121,6 +123,7 @@ class BudgetState:
         "period_end",
         "period_start",
         "run_id",
+        "saved_as",
         "total",
     )
 
@@ -133,6 +136,8 @@ class BudgetState:
         self.others: dict[str, Decimal] | None = None
         self.last_event = period_start
         self.fired: set[tuple[str, Decimal]] = set()
+        self.asof = 0  # the seq of the last event in this state when it was saved (replay skips older events)
+        self.saved_as: tuple[str, str, str] | None = None  # (key, period start, period end) text, once saved
         self._limits()
 
     def _limits(self) -> None:
@@ -182,6 +187,7 @@ class AnomalyState:
     """EWMA baseline and the current bucket of one anomaly scope (dimension, value, currency)."""
 
     __slots__ = (
+        "asof",
         "bucket",
         "child_means",
         "children",
@@ -207,6 +213,7 @@ class AnomalyState:
         self.n = 0
         self.quiet_until = -1
         self.last_fired = -1
+        self.asof = 0
 
     @property
     def key(self) -> str:
@@ -310,7 +317,10 @@ class StreamEngine:
         self._bounds: dict[str, tuple[dt.datetime, dt.datetime]] = {}
         self._eval_dirty: set[BudgetState] = set()
         self._eval_dirty_a: set[AnomalyState] = set()
-        self._persist_dirty: set[BudgetState | AnomalyState] = set()
+        # state -> the seq recorded before the first unsaved event in it (insertion order = oldest first)
+        self._persist_dirty: dict[BudgetState | AnomalyState, int] = {}
+        self._recheck: set[BudgetState] = set()  # loaded states: evaluated once, not rewritten
+        self.batch_seq = 0  # set by the runner: the seq recorded just before the events it applies next
         self._adim_states: dict[str, dict[str, AnomalyState]] = {d: {} for d in s.anomaly_dims}
         self._bucket: tuple[dt.datetime, dt.datetime, int] | None = None
         self._adims = tuple(
@@ -330,7 +340,11 @@ class StreamEngine:
 
     # --------------------------------------------------------------- hot path
     def apply(
-        self, records: Iterable[CostRecord], partition: str = "", late: Sequence[bool] | None = None
+        self,
+        records: Iterable[CostRecord],
+        partition: str = "",
+        late: Sequence[bool] | None = None,
+        seqs: Sequence[int] | None = None,
     ) -> list[bool]:
         """Count records of one source partition; returns, per record, True when it was late (not counted).
 
@@ -339,6 +353,8 @@ class StreamEngine:
         updated after each call. Events older than it are late.
 
         :param late: replaying after a crash: the lateness decided when these events were first applied.
+        :param seqs: replaying after a crash: each event's recorded seq; a state saved after it (``asof``) already
+            holds the event and is skipped.
         """
         out: list[bool] = []
         append = out.append
@@ -356,9 +372,10 @@ class StreamEngine:
                     continue
                 if pmax is None or t > pmax:
                     pmax = t
-                self._apply_budgets(r, t)
+                skip = seqs[i] if seqs is not None else None
+                self._apply_budgets(r, t, skip)
                 if adims:
-                    self._apply_anomalies(r, t, adims, eval_add)
+                    self._apply_anomalies(r, t, adims, eval_add, skip)
                 append(False)
         stats.applied += len(out) - sum(out)
         if pmax is not None:
@@ -383,7 +400,7 @@ class StreamEngine:
         if self.watermark is None or wm > self.watermark:
             self.watermark = wm
 
-    def _apply_budgets(self, r: CostRecord, t: dt.datetime) -> None:
+    def _apply_budgets(self, r: CostRecord, t: dt.datetime, seq: int | None) -> None:
         for attr, table, is_platform in self._index:
             v = (r.x_platform or r.provider_name) if is_platform else getattr(r, attr)
             if v is not None:
@@ -391,18 +408,18 @@ class StreamEngine:
                 if lst is not None:
                     for b in lst:
                         if b.only_primary or b.matches(r):
-                            self._add(b, r, t)
+                            self._add(b, r, t, seq)
         if self._tag_index and r.tags:
             for kv in r.tags.items():
                 lst = self._tag_index.get(kv)
                 if lst is not None:
                     for b in lst:
                         if b.matches(r):
-                            self._add(b, r, t)
+                            self._add(b, r, t, seq)
         for b in self._always:
-            self._add(b, r, t)
+            self._add(b, r, t, seq)
 
-    def _add(self, b: _Budget, r: CostRecord, t: dt.datetime) -> None:
+    def _add(self, b: _Budget, r: CostRecord, t: dt.datetime, seq: int | None) -> None:
         amount = getattr(r, b.attr)
         if amount is None:
             return
@@ -429,6 +446,8 @@ class StreamEngine:
                     self._note_end(bounds[1])
                 if b.current is None or st.period_start >= b.current.period_start:
                     b.current = st
+        if seq is not None and st.asof >= seq:
+            return  # replay: the saved state already holds this event
         if r.billing_currency == b.currency:
             st.total += amount
         else:  # never summed with the budget currency; reported beside it
@@ -440,7 +459,7 @@ class StreamEngine:
             st.last_event = t
         self._eval_dirty.add(st)
 
-    def _apply_anomalies(self, r: CostRecord, t: dt.datetime, adims: Any, eval_add: Any) -> None:
+    def _apply_anomalies(self, r: CostRecord, t: dt.datetime, adims: Any, eval_add: Any, seq: int | None) -> None:
         bk = self._bucket
         if bk is not None and bk[0] <= t < bk[1]:
             bucket = bk[2]
@@ -462,6 +481,8 @@ class StreamEngine:
                 if st is None:
                     st = self._anomaly_states[key] = AnomalyState(dim, v, cur, bucket)
                     by_value.setdefault(v, st)
+            if seq is not None and st.asof >= seq:
+                continue  # replay: the saved state already holds this event
             if bucket > st.bucket:
                 st.roll(bucket, s.anomaly_alpha, s.anomaly_max_gap, s.anomaly_max_children)
             elif bucket < st.bucket:
@@ -485,9 +506,16 @@ class StreamEngine:
             for st in self._eval_dirty:
                 if st.may_breach(now):
                     breaches.extend(self._breaches(st, now))
+            for st in self._recheck - self._eval_dirty:
+                if st.may_breach(now):
+                    breaches.extend(self._breaches(st, now))
+        self._recheck = set()
         anomalies = [a for st in self._eval_dirty_a if (a := self._anomaly(st)) is not None]
-        self._persist_dirty |= self._eval_dirty
-        self._persist_dirty |= self._eval_dirty_a
+        pd, bs = self._persist_dirty, self.batch_seq
+        for st in self._eval_dirty:
+            pd.setdefault(st, bs)
+        for sta in self._eval_dirty_a:
+            pd.setdefault(sta, bs)
         self._eval_dirty = set()
         self._eval_dirty_a = set()
         self.stats.breaches += len(breaches)
@@ -527,7 +555,7 @@ class StreamEngine:
                     best = (d, c)
         st.last_fired = st.bucket
         st.quiet_until = st.bucket + s.anomaly_cooldown + 1
-        self._persist_dirty.add(st)
+        self._persist_dirty.setdefault(st, self.batch_seq)
         start = _EPOCH + dt.timedelta(seconds=st.bucket * self._bsecs)
         child = ROOT_CAUSE_CHILD.get(st.dim, "service")
         return Anomaly(
@@ -552,6 +580,7 @@ class StreamEngine:
             if end <= wm:
                 del self._budget_states[key]
                 self._eval_dirty.discard(st)
+                self._recheck.discard(st)
                 if st.b.current is st:
                     st.b.current = None
                 self.stats.evicted += 1
@@ -571,45 +600,70 @@ class StreamEngine:
         return _EPOCH + dt.timedelta(seconds=(st.bucket + 1) * self._bsecs) + self.settings.anomaly_idle_ttl
 
     # ----------------------------------------------------------- persistence
-    def dirty_state(self) -> list[tuple[str, str, dt.datetime | None, dict[str, Any]]]:
-        """(state key, kind, period end, JSON payload) of every state changed since the last call, and the clock."""
+    def dirty_count(self) -> int:
+        """States changed since they were last saved."""
+        return len(self._persist_dirty)
+
+    def dirty_state(
+        self, limit: int | None = None, *, asof: int = 0
+    ) -> list[tuple[str, str, dt.datetime | None, dict[str, Any]]]:
+        """(state key, kind, period end, JSON payload) of states changed since they were saved, and the clock.
+
+        Incremental: at most ``limit`` states, those unsaved the longest first, so a snapshot never stalls the
+        stream; each is stamped ``asof`` (the seq of the last event applied). The clock row carries ``seq`` and
+        ``replay_from``: every change of an event with seq <= ``replay_from`` is in a saved state, so after a
+        crash the events after it are applied again, each only to the states saved before it.
+        Call after :meth:`evaluate` (which marks the states of the batch).
+        """
         out: list[tuple[str, str, dt.datetime | None, dict[str, Any]]] = []
-        for st in self._persist_dirty | self._eval_dirty | self._eval_dirty_a:
-            key = st.key
+        pd = self._persist_dirty
+        n = len(pd) if limit is None else min(limit, len(pd))
+        take = list(itertools.islice(pd, n))
+        for st in take:
+            del pd[st]
+            st.asof = asof
             if isinstance(st, BudgetState):
                 end = st.last_event + self.settings.run_ttl if st.run_id is not None else st.period_end
+                saved = st.saved_as
+                if saved is None:  # the parts that never change, formatted once
+                    saved = st.saved_as = (st.key, st.period_start.isoformat(), st.period_end.isoformat())
+                key = saved[0]
                 payload: dict[str, Any] = {
                     "budget": st.b.cfg.name,
-                    "period_start": st.period_start.isoformat(),
-                    "period_end": st.period_end.isoformat(),
+                    "period_start": saved[1],
+                    "period_end": saved[2],
                     "run_id": st.run_id,
                     "total": str(st.total),
                     "currency": st.b.cfg.currency,
-                    "others": {k: str(v) for k, v in (st.others or {}).items()},
+                    "others": {k: str(v) for k, v in st.others.items()} if st.others else {},
                     "last_event": st.last_event.isoformat(),
+                    "asof": asof,
                 }
                 out.append((key, "budget", end, payload))
             else:
+                key = st.key
                 payload = {
                     "dim": st.dim,
                     "value": st.value,
                     "currency": st.currency,
                     "bucket": st.bucket,
                     "cur": str(st.cur),
-                    "children": {k: str(v) for k, v in st.children.items()},
+                    "children": {k: str(v) for k, v in st.children.items()} if st.children else {},
                     "mean": None if st.mean is None else str(st.mean),
-                    "child_means": {k: str(v) for k, v in st.child_means.items()},
+                    "child_means": {k: str(v) for k, v in st.child_means.items()} if st.child_means else {},
                     "n": st.n,
                     "quiet_until": st.quiet_until,
                     "last_fired": st.last_fired,
+                    "asof": asof,
                 }
                 out.append((key, "anomaly", self._anomaly_end(st), payload))
-        self._persist_dirty = set()
         if self.clock is not None:
             clock = {
                 "clock": self.clock.isoformat(),
                 "watermark": self.watermark.isoformat() if self.watermark is not None else None,
                 "partitions": {p: c.isoformat() for p, c in self._pclock.items()},
+                "seq": asof,
+                "replay_from": min(next(iter(pd.values())), asof) if pd else asof,
             }
             out.append(("clock", "clock", None, clock))
         return out
@@ -618,10 +672,13 @@ class StreamEngine:
         """Restore state saved by :meth:`dirty_state` (kind, payload). Budgets no longer configured are skipped.
 
         Every restored budget is re-checked at the next :meth:`evaluate`: breaches crossed before a crash are
-        produced again and the ledger's breach claim keeps their actions to one.
+        produced again and the ledger's breach claim keeps their actions to one. A state saved before states
+        carried ``asof`` (a full snapshot) is as of the clock row's ``seq``.
         """
+        legacy_asof = 0
         for kind, p in rows:
             if kind == "clock":
+                legacy_asof = int(p.get("seq", 0))
                 self.clock = dt.datetime.fromisoformat(p["clock"])
                 wm = p.get("watermark")
                 self.watermark = dt.datetime.fromisoformat(wm) if wm else None
@@ -639,9 +696,10 @@ class StreamEngine:
                 st.total = Decimal(p["total"])
                 st.others = {k: Decimal(v) for k, v in p["others"].items()} or None
                 st.last_event = dt.datetime.fromisoformat(p["last_event"])
+                st.asof = int(p.get("asof", legacy_asof))
                 bkey: tuple[str, Any] = (b.cfg.name, st.run_id if st.run_id is not None else st.period_start)
                 self._budget_states[bkey] = st
-                self._eval_dirty.add(st)
+                self._recheck.add(st)
                 if st.run_id is None and (b.current is None or st.period_start > b.current.period_start):
                     b.current = st
                 if st.run_id is None:
@@ -653,6 +711,7 @@ class StreamEngine:
                 a.mean = None if p["mean"] is None else Decimal(p["mean"])
                 a.child_means = {k: Decimal(v) for k, v in p["child_means"].items()}
                 a.n, a.quiet_until, a.last_fired = int(p["n"]), int(p["quiet_until"]), int(p["last_fired"])
+                a.asof = int(p.get("asof", legacy_asof))
                 self._anomaly_states[(a.dim, a.value, a.currency)] = a
                 self._adim_states.setdefault(a.dim, {}).setdefault(a.value, a)
         if self.watermark is not None:

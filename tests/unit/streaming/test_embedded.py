@@ -21,7 +21,7 @@ from finops_provider.core.budgets import BudgetEngine
 from finops_provider.core.ledger import Ledger
 from finops_provider.core.money import MoneyBag
 from finops_provider.core.schema import breach as breach_table
-from finops_provider.core.schema import stream_event
+from finops_provider.core.schema import stream_event, stream_state
 from finops_provider.streaming.engine import StreamEngine
 from finops_provider.streaming.events import EventDecoder
 from finops_provider.streaming.feed import consumer_status, current_totals, dead_letters, read_feed, stream_events
@@ -148,13 +148,27 @@ class Crash(BaseException):
     pass
 
 
-def _running(p: StreamProcessor) -> dict[tuple[str, Any], Decimal]:
-    return {(s.b.cfg.name, s.run_id or s.period_start): s.total for s in p.engine.budget_states()}
+def _saved_states(led: Ledger) -> list[str]:
+    with led.engine.connect() as conn:
+        return list(conn.execute(sa.select(stream_state.c.payload).where(stream_state.c.kind != "clock")).scalars())
 
 
-@pytest.mark.parametrize("later_interval", [0.0, 3600.0], ids=["snapshot-every-batch", "no-snapshot-since"])
+def _running(p: StreamProcessor) -> dict[tuple[str, Any], Any]:
+    budgets = {(s.b.cfg.name, s.run_id or s.period_start): s.total for s in p.engine.budget_states()}
+    detectors = {
+        (a.dim, a.value, a.currency): (a.bucket, a.cur, a.mean, a.n, a.children, a.child_means)
+        for a in p.engine.anomaly_states()
+    }
+    return {**budgets, **detectors}
+
+
+@pytest.mark.parametrize("later_interval", [0.0, 3600.0], ids=["every-state-every-batch", "one-state-per-batch-since"])
 def test_snapshot_plus_replay_restores_the_running_totals(sqlite_url, config, make_event, tmp_path, later_interval):
-    """After a crash the engine equals the one that died: its last snapshot plus the events recorded after it."""
+    """After a crash the engine equals the one that died: its saved states plus the events recorded after each.
+
+    With a long interval each batch saves only about one changed state (incremental snapshots), so at the crash
+    the saved states are as of different events; the replay applies each event only to the states saved before it.
+    """
     path = tmp_path / "events.jsonl"
     truth = _publish_mixed(path, make_event)
     with Ledger(sqlite_url) as led:
@@ -167,6 +181,9 @@ def test_snapshot_plus_replay_restores_the_running_totals(sqlite_url, config, ma
             p.run_once()
         live = _running(p)
         assert live and stream_events(led, "test")["events"] > 100
+        asofs = {json.loads(r)["asof"] for r in _saved_states(led)}
+        if later_interval:
+            assert len(asofs) > 3 and p.engine.dirty_count() > 0  # saved as of different events, some unsaved
         # the process dies here: no close, no final fold or snapshot
         again = _processor(led, config, path, Recorder(), max_batch=7)
         again.start()
