@@ -1,6 +1,6 @@
 """BigQuery query cost from ``INFORMATION_SCHEMA.JOBS`` by job labels, and dry-run pre-flight estimates.
 
-Built on the google provider's :class:`BigQueryHook` (credentials, project, DB-API connection).
+Built on the google provider's :class:`BigQueryHook` (credentials, project, the ``google.cloud.bigquery`` client).
 
 * On-demand jobs (no ``reservation_id``): ``total_bytes_billed / 2^40 x`` rate card ``bigquery/ON_DEMAND_TIB``.
   The monthly free TiB is not deducted per job.
@@ -12,6 +12,16 @@ Built on the google provider's :class:`BigQueryHook` (credentials, project, DB-A
 Labels (``airflow_dag_id``, ``airflow_task_id``, ``airflow_run_id``, ``team``, ``cost_center`` as the FinOps
 policy stamps them) attribute the cost. :meth:`BigQueryCostHook.dry_run` prices a query before it runs
 (bytes processed x on-demand price), for a budget gate.
+
+Faults (the default path: the provider's ``google.cloud.bigquery.Client`` over REST). The statement goes through
+:class:`~finops_provider.hooks._sql.SqlSession`: throttling (429, 403 ``rateLimitExceeded``), 5xx, timeouts, dropped
+connections and a result page cut short are retried within one bounded budget; refused credentials (401,
+403 ``accessDenied``, a revoked or expired service-account key) raise
+:class:`~finops_provider.collect.CredentialsError` naming the connection. Each statement has one job id
+(``finops_<uuid>``) kept by all its retries, so a retry after a lost answer attaches to the job BigQuery already
+started (``jobs.insert`` answers 409 ``duplicate``; the job is read with ``jobs.get``) instead of running and
+billing the query again. Only a job that itself failed is run again, under a new id. The client's own retries
+are off (``retry=None``, ``job_retry=None``) and every HTTP request is bounded by ``timeout``.
 """
 
 from __future__ import annotations
@@ -19,6 +29,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
+import uuid
+from collections.abc import Callable
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -32,24 +45,110 @@ from finops_provider.core.money import MONEY_CONTEXT, Money, to_decimal
 from finops_provider.core.platforms import estimate_record, ledger_amount, mapping_of, sql_timestamp, utc
 from finops_provider.core.pricing import RateCard
 from finops_provider.core.records import CostRecord, build_record
-from finops_provider.hooks._sql import fetch_dicts, identifier, rate_card_for
+from finops_provider.core.retry import RetryPolicy, retry_after_seconds
+from finops_provider.hooks._sql import Fault, SqlSession, fetch_dicts, identifier, rate_card_for
 
 PLATFORM = "bigquery"
 SOURCE = "bigquery"
 TIB = Decimal(2**40)
 EDITIONS = ("STANDARD", "ENTERPRISE", "ENTERPRISE_PLUS")
+#: what the connection's service account needs to read every job of the project from the JOBS view
+NEEDS = "roles/bigquery.jobUser and roles/bigquery.resourceViewer on the project"
+#: BigQuery error reasons worth another attempt (the API's and a failed job's)
+RETRYABLE_REASONS = frozenset(
+    {"rateLimitExceeded", "backendError", "internalError", "badGateway", "jobBackendError", "jobInternalError",
+     "jobRateLimitExceeded"}
+)  # fmt: skip
+#: 403 reasons that mean the credentials (or their roles) were refused
+REFUSED_REASONS = frozenset({"accessDenied", "forbidden", "unauthorized", "authError"})
+
+
+class TruncatedResultError(RuntimeError):
+    """Fewer result rows arrived than the job reported (a page was cut short): read the job's results again."""
+
+
+def classify_bigquery_error(exc: BaseException) -> Fault | None:
+    """The :class:`Fault` of an error from the BigQuery client (or a DB-API wrapper of one), else ``None``.
+
+    RETRY: 429, 403 ``rateLimitExceeded``, 500 / 502 / 503 / 504, a failed job with a transient reason, a dropped
+    connection, a timeout, an answer or a result cut short. CREDENTIALS: 401, 403 ``accessDenied``, a token
+    exchange google-auth could not complete (revoked / expired key). Anything else (a bad query, a missing table)
+    is not ours: ``None``.
+    """
+    if type(exc).__module__.startswith("google.cloud.bigquery.dbapi") and exc.args:
+        inner = exc.args[0]  # the google DB-API (``connection=``) wraps the client's error in a DatabaseError
+        exc = inner if isinstance(inner, BaseException) else exc
+    if isinstance(exc, TruncatedResultError | TimeoutError):  # concurrent.futures.TimeoutError is TimeoutError
+        return Fault.RETRY
+    module = type(exc).__module__
+    if not module.startswith(("google.", "requests.", "urllib3.")):
+        return None
+    import requests
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as aexc
+
+    dropped = (aexc.TransportError, requests.ConnectionError, requests.Timeout)
+    cut = (requests.exceptions.ChunkedEncodingError, requests.exceptions.JSONDecodeError)  # an answer cut short
+    if isinstance(exc, dropped + cut):
+        return Fault.RETRY
+    if isinstance(exc, aexc.RefreshError) and getattr(exc, "retryable", False):
+        return Fault.RETRY  # the token endpoint itself was throttled or down
+    if isinstance(exc, aexc.GoogleAuthError):
+        return Fault.CREDENTIALS
+    if not isinstance(exc, gexc.GoogleAPICallError):
+        return None
+    reasons = {str(e.get("reason")) for e in (exc.errors or []) if isinstance(e, dict) and e.get("reason")}
+    if isinstance(exc, gexc.Unauthorized):
+        return Fault.CREDENTIALS
+    if isinstance(exc, gexc.Forbidden):
+        if reasons & RETRYABLE_REASONS:
+            return Fault.RETRY
+        return Fault.CREDENTIALS if not reasons or reasons & REFUSED_REASONS else None  # quotaExceeded, ...: None
+    transient = (gexc.TooManyRequests, gexc.InternalServerError, gexc.BadGateway, gexc.ServiceUnavailable,
+                 gexc.GatewayTimeout)  # fmt: skip
+    if isinstance(exc, transient) or reasons & RETRYABLE_REASONS:
+        return Fault.RETRY
+    return None
+
+
+def _wait_hint(exc: BaseException) -> float | None:
+    """The server's ``Retry-After`` (seconds), when its answer had one."""
+    return retry_after_seconds(getattr(getattr(exc, "response", None), "headers", None))
+
+
+class _Statement:
+    """One statement's job id, kept by all its retries; a new id only after the job itself failed."""
+
+    def __init__(self) -> None:
+        self.base = f"finops_{uuid.uuid4().hex}"
+        self.runs = 0  # jobs that failed: the next one is ``<base>_<runs>``
+        self.created = False  # jobs.insert answered: the job exists, the next attempt only reads it
+
+    @property
+    def job_id(self) -> str:
+        return self.base if not self.runs else f"{self.base}_{self.runs}"
 
 
 class BigQueryCostHook(BigQueryHook):
     """BigQuery job costs by label (truth from INFORMATION_SCHEMA.JOBS) and dry-run estimates.
+
+    Connection (``google_cloud_platform``): the provider's usual fields (key file / keyfile JSON / ADC /
+    impersonation, ``project``), plus the ``api_endpoint`` extra (send BigQuery API calls to another endpoint, for
+    example a Private Service Connect address; tests use it for a local server).
 
     :param gcp_conn_id: the google provider connection (default ``google_cloud_default``).
     :param location: region of the jobs view (``US`` -> ``region-us``).
     :param edition: editions price for reservation jobs (``STANDARD``, ``ENTERPRISE``, ``ENTERPRISE_PLUS``).
     :param jobs_view: the JOBS view to read (default ``` `region-<location>`.INFORMATION_SCHEMA.JOBS ```);
         with ``connection=`` this is the SQL seam the tests use (a DuckDB copy of the view).
-    :param connection: a DB-API connection to use instead of ``get_conn()``.
+    :param connection: a DB-API connection to use instead of the BigQuery client (statements then run with
+        :func:`~finops_provider.hooks._sql.fetch_dicts`, the connection's own retries and timeouts).
     :param client: a ``google.cloud.bigquery.Client`` for dry runs (default: ``get_client()``).
+    :param retry_policy: backoff for throttling, 5xx, timeouts and truncated results; a ``Retry-After`` is honoured.
+    :param sleep: the wait function between attempts (tests inject one).
+    :param timeout: seconds each BigQuery HTTP request, and the wait for the query job, may take before the attempt
+        counts as failed and is retried (the client would otherwise wait forever on a stalled connection).
+    :param page_size: rows per ``jobs.getQueryResults`` page.
     """
 
     hook_name = "BigQuery costs (FinOps)"
@@ -64,8 +163,13 @@ class BigQueryCostHook(BigQueryHook):
         rate_card: RateCard | None = None,
         connection: Any = None,
         client: Any = None,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        timeout: float = 120.0,
+        page_size: int | None = 10_000,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("use_legacy_sql", False)  # the JOBS query is GoogleSQL (the provider defaults to legacy)
         super().__init__(gcp_conn_id=gcp_conn_id, location=location, **kwargs)
         ed = edition.upper().replace(" ", "_").replace("-", "_")
         if ed not in EDITIONS:
@@ -75,11 +179,97 @@ class BigQueryCostHook(BigQueryHook):
         self.rate_card = rate_card or RateCard.load()
         self._dbapi = connection
         self._client = client
+        self.timeout = timeout
+        self.page_size = page_size
+        self.requests_made = 0  # HTTP answers from BigQuery (the default path), throttled and failed ones included
+        self._statement = _Statement()
+        self.session = SqlSession(
+            self._connect,
+            classify=classify_bigquery_error,
+            what=f"BigQuery {self.jobs_view}",
+            conn_id=gcp_conn_id,
+            needs=NEEDS,
+            connection=connection,
+            policy=retry_policy,
+            wait_hint=_wait_hint,
+            sleep=sleep,
+            fetch=self._fetch,
+        )
+
+    # ------------------------------------------------------------------ client
+    def get_client_options(self, api_endpoint_override: str | None = None) -> Any:
+        """The provider's client options, with the connection's ``api_endpoint`` extra when it has one."""
+        endpoint = api_endpoint_override or self._get_field("api_endpoint", None)
+        return super().get_client_options(api_endpoint_override=endpoint)
+
+    def _connect(self) -> Any:
+        """A new ``google.cloud.bigquery.Client`` (the provider's credentials) whose requests are all bounded.
+
+        Not :meth:`get_conn`: the provider's PEP 249 connection (``BigQueryConnection``) reads results through the
+        discovery API with its own retries (``num_retries``, sleeps up to a minute), returns TIMESTAMP columns as
+        float seconds and RECORD columns unparsed, and takes no job id or timeout.
+        """
+        client = self.get_client(project_id=self.project_id, location=self.location)
+        client._http.hooks["response"].append(self._count_response)
+        send, limit = client._http.request, self.timeout
+
+        def request(method: str, url: str, *args: Any, timeout: Any = None, **kwargs: Any) -> Any:
+            # the client sends most requests with timeout=None (wait forever) and getQueryResults with >= 120 s
+            if timeout is None or (isinstance(timeout, int | float) and timeout > limit):
+                timeout = limit
+            return send(method, url, *args, timeout=timeout, **kwargs)
+
+        client._http.request = request
+        return client
+
+    def _count_response(self, response: Any, *args: Any, **kwargs: Any) -> Any:
+        self.requests_made += 1
+        return response
 
     def _rows(self, sql: str) -> list[dict[str, Any]]:
-        if self._dbapi is None:
-            self._dbapi = self.get_conn()
-        return fetch_dicts(self._dbapi, sql)
+        self._statement = _Statement()  # one job id for this statement and all its retries
+        return self.session.rows(sql)
+
+    def _fetch(self, conn: Any, sql: str, params: Any) -> list[dict[str, Any]]:
+        if self._dbapi is not None:
+            return fetch_dicts(conn, sql, params)
+        return self._run_job(conn, sql)
+
+    def _run_job(self, client: Any, sql: str) -> list[dict[str, Any]]:
+        """Run ``sql`` as the statement's query job (or attach to it, if an earlier attempt created it); all rows.
+
+        The client's retries are off: :class:`SqlSession` is the one retry layer, so one budget bounds it all.
+        """
+        from google.api_core import exceptions as gexc
+        from google.cloud import bigquery
+
+        st, where = self._statement, {"project": self.project_id, "location": self.location}
+        job_id = st.job_id
+        job = None
+        if not st.created:
+            config = bigquery.QueryJobConfig(use_legacy_sql=False, labels={"finops_collector": "bigquery-jobs"})
+            try:
+                job = client.query(
+                    sql, job_config=config, job_id=job_id, retry=None, job_retry=None, timeout=self.timeout, **where
+                )
+            except gexc.Conflict:
+                # an earlier attempt's jobs.insert reached BigQuery but its answer was lost: that job runs (and is
+                # billed) already, so read it instead of starting the query again
+                self.log.info("BigQuery job %s exists already (an earlier attempt started it): reading it", job_id)
+            st.created = True
+        if job is None:
+            job = client.get_job(job_id, retry=None, timeout=self.timeout, **where)
+        try:
+            result = job.result(page_size=self.page_size, retry=None, job_retry=None, timeout=self.timeout)
+            rows = [{str(k).lower(): v for k, v in row.items()} for row in result]
+        except gexc.GoogleAPICallError:
+            if job.state == "DONE" and job.error_result:  # the job itself failed: run it again, as a new job
+                st.runs, st.created = st.runs + 1, False
+            raise
+        total = result.total_rows
+        if total is not None and len(rows) != total:
+            raise TruncatedResultError(f"job {job_id}: {len(rows)} of {total} result rows arrived (truncated)")
+        return rows
 
     def job_cost(self, row: dict[str, Any], on: dt.date) -> tuple[Money, Decimal, str, str]:
         """(cost, quantity, unit, sku) of one JOBS row."""
@@ -99,6 +289,7 @@ class BigQueryCostHook(BigQueryHook):
     def collect(self, start: dt.datetime, end: dt.datetime) -> CollectResult:
         """Query-job cost of ``[start, end)`` per day, project, labels and pricing model."""
         start, end = utc(start), utc(end)
+        http_before, attempts_before = self.requests_made, self.session.attempts
         rows = self._rows(
             "SELECT job_id, project_id, user_email, creation_time, statement_type, reservation_id, "
             "total_bytes_billed, total_bytes_processed, total_slot_ms, cache_hit, labels "
@@ -107,7 +298,10 @@ class BigQueryCostHook(BigQueryHook):
             "AND job_type = 'QUERY' AND state = 'DONE' "
             "AND (statement_type IS NULL OR statement_type <> 'SCRIPT')"
         )
-        res = CollectResult(source=SOURCE, window=(start, end), scope=f"bigquery:{self.jobs_view}", requests=1)
+        requests = (
+            (self.requests_made - http_before) if self._dbapi is None else self.session.attempts - attempts_before
+        )
+        res = CollectResult(source=SOURCE, window=(start, end), scope=f"bigquery:{self.jobs_view}", requests=requests)
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
         scanned = 0
         for r in rows:

@@ -19,6 +19,9 @@ Estimate (:meth:`DatabricksCostHook.estimate_run`): the Jobs run (``GET /api/2.2
 the node type (rate card ``node_type_dbu_per_hour``; autoscaling clusters count ``max_workers``, an upper bound)
 x hours, priced at ``JOBS_COMPUTE`` (``ALL_PURPOSE_COMPUTE`` on an existing cluster). Serverless tasks have no
 cluster spec: their DBUs are taken from ``system.billing.usage`` when already present.
+
+Network faults on the default path (``DatabricksSqlHook.get_conn()``: databricks-sql-connector, Thrift TCLIService
+over HTTPS to the SQL warehouse) are handled in two layers, see :class:`DatabricksCostHook`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -40,12 +45,75 @@ from finops_provider.core.money import MONEY_CONTEXT, Money, to_decimal
 from finops_provider.core.platforms import estimate_record, ledger_amount, mapping_of, utc
 from finops_provider.core.pricing import PriceNotFoundError, RateCard
 from finops_provider.core.records import CostRecord, build_record
-from finops_provider.hooks._sql import fetch_dicts, identifier, rate_card_for
+from finops_provider.core.retry import RetryPolicy
+from finops_provider.hooks._sql import Fault, SqlSession, identifier, rate_card_for
 
 PLATFORM = "databricks"
 SOURCE = "databricks"
 _TIERS = ("STANDARD_", "PREMIUM_", "ENTERPRISE_")
 _RATE_CARD_SKUS = ("JOBS_COMPUTE", "ALL_PURPOSE_COMPUTE", "SQL_CLASSIC", "SQL_PRO", "SQL_SERVERLESS")
+
+#: The connector's own retry settings (``databricks.sql.connect`` keywords), used unless the connection extra or
+#: the hook's keywords set them. The connector retries one HTTP request on the same session; its 429 / 503 wait is
+#: max(Retry-After, ``_retry_delay_max``) and it gives up at once when that wait would pass
+#: ``_retry_stop_after_attempts_duration`` (its bounds: delay_max >= 5 s, duration >= 1 s, attempts >= 1).
+#: The socket timeout is longer than that duration, so a timed-out read is never sent again by the connector (a
+#: re-sent FetchResults skips the rows of the lost answer; a re-sent ExecuteStatement runs the query twice).
+CONNECTOR_RETRY: dict[str, float | int] = {
+    "_socket_timeout": 120.0,
+    "_retry_stop_after_attempts_count": 5,
+    "_retry_stop_after_attempts_duration": 60.0,
+    "_retry_delay_min": 1.0,
+    "_retry_delay_max": 5.0,
+}
+#: SqlSession's statement retries: after the connector gave up, or on what it never retries
+STATEMENT_RETRY = RetryPolicy(max_attempts=4, base_s=2.0, cap_s=30.0, budget_s=300.0)
+_NEEDS = (
+    "CAN USE on the SQL warehouse and USE CATALOG, USE SCHEMA and SELECT on system.billing.usage and "
+    "system.billing.list_prices"
+)
+
+
+def classify_databricks_error(e: BaseException) -> Fault | None:
+    """The :class:`Fault` of a databricks-sql-connector (Thrift backend) error, or ``None`` (raised unchanged).
+
+    * ``CREDENTIALS``: a :class:`~databricks.sql.exc.RequestError` for an HTTP 401 (expired / revoked / wrong
+      token) or 403 (the principal may not use the warehouse).
+    * ``RETRY``: the other ``RequestError`` s: the connector gave up on 429 / 503 (``MaxRetryDurationError`` or
+      out of attempts), a 5xx it does not retry (on ExecuteStatement), a GetOperationStatus that kept failing;
+      urllib3 errors the connector passes through unwrapped (a response cut mid-body, a read timeout, a refused or
+      reset connection); Thrift transport errors; and the ``DataError`` the connector raises when a FetchResults
+      answer was lost and the request sent again (the warehouse moved past the lost rows).
+    * ``None``: 400 / 404 / 501 (a wrong ``http_path`` or request), a TLS certificate the client does not trust,
+      SQL errors of the statement, anything else.
+    """
+    import ssl
+
+    import urllib3.exceptions
+    from databricks.sql import exc
+    from thrift.transport.TTransport import TTransportException
+
+    if isinstance(e, exc.RequestError):
+        if isinstance(e, exc.NonRecoverableNetworkError | exc.SessionAlreadyClosedError | exc.CursorAlreadyClosedError):
+            return None
+        cause = e.args[1] if len(e.args) > 1 else None
+        if isinstance(e, exc.MaxRetryDurationError) or isinstance(cause, exc.MaxRetryDurationError):
+            return Fault.RETRY  # its http-code is the previous response's: the 429 / 503 is not recorded
+        code = e.context.get("http-code") if isinstance(e.context, dict) else None
+        if code in (401, 403):
+            return Fault.CREDENTIALS
+        if code in (400, 404, 501):
+            return None
+        return Fault.RETRY
+    if isinstance(e, urllib3.exceptions.MaxRetryError) and isinstance(e.reason, urllib3.exceptions.SSLError):
+        return None
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return None
+    if isinstance(e, urllib3.exceptions.HTTPError | OSError | TTransportException):
+        return Fault.RETRY
+    if isinstance(e, exc.DataError) and str(e).startswith("fetch_results failed due to inconsistency"):
+        return Fault.RETRY
+    return None
 
 
 def rate_card_sku(sku_name: str) -> str | None:
@@ -75,10 +143,36 @@ def _price_of(pricing: Any, *path: str) -> Decimal | None:
 class DatabricksCostHook(DatabricksSqlHook):
     """Databricks billed DBUs per job run and custom tags, and run-time estimates.
 
+    Faults on the default path (``get_conn()``, Thrift over HTTPS) are retried in two layers:
+
+    1. the connector, per HTTP request on the same session (settings :data:`CONNECTOR_RETRY`, overridable in the
+       connection extra or as keywords): 429 / 503 on any call, honouring ``Retry-After`` but waiting at least
+       ``_retry_delay_max``; other 5xx on every call but ExecuteStatement; a connection refused or reset before the
+       answer; GetOperationStatus transport errors. At most ``_retry_stop_after_attempts_count`` attempts within
+       ``_retry_stop_after_attempts_duration`` seconds per request; a wait that would pass it is not slept. Each
+       attempt waits at most ``_socket_timeout`` for the warehouse.
+    2. :class:`~finops_provider.hooks._sql.SqlSession`, per statement (``retry_policy``, default
+       :data:`STATEMENT_RETRY`): whatever the connector gave up on or does not retry (see
+       :func:`classify_databricks_error`): the connection is closed, a new session is opened and the read-only
+       statement runs again from the start, so a half-read result never reaches the ledger. Its waits are its own
+       backoff: the connector discards the server's ``Retry-After`` when it gives up.
+
+    Budget: the connector gives up on a request after at most ``_retry_stop_after_attempts_duration`` of retrying
+    plus one ``_socket_timeout`` (60 + 120 s by default; GetOperationStatus, which its Thrift loop retries around
+    urllib3's, after at most twice that duration plus one timeout); the statement is not tried again once
+    ``retry_policy.budget_s`` (300 s) has passed since its first attempt, nor more than ``retry_policy.max_attempts``
+    (4) times. Refused credentials (401 / 403) are retried by neither layer:
+    :class:`~finops_provider.collect.CredentialsError` names the connection, never the token.
+
     :param databricks_conn_id: the databricks provider connection (default ``databricks_default``).
     :param http_path: SQL warehouse HTTP path (or set it in the connection extra), as for DatabricksSqlHook.
     :param catalog_name: catalog holding ``billing.usage`` / ``billing.list_prices`` (default ``system``).
-    :param connection: a DB-API connection to use instead of ``get_conn()`` (the SQL seam).
+    :param connection: a DB-API connection to use instead of ``get_conn()`` (the SQL seam; it is reused, not
+        reopened, after a fault).
+    :param retry_policy: the statement retries (layer 2).
+    :param sleep: the wait between statement attempts (tests inject one).
+    :param kwargs: passed to :class:`DatabricksSqlHook`; keywords it does not know go to ``databricks.sql.connect``
+        (for example the connector's ``_socket_timeout`` / ``_retry_*`` settings).
     """
 
     hook_name = "Databricks costs (FinOps)"
@@ -90,17 +184,36 @@ class DatabricksCostHook(DatabricksSqlHook):
         catalog_name: str = "system",
         rate_card: RateCard | None = None,
         connection: Any = None,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
         **kwargs: Any,
     ) -> None:
         super().__init__(databricks_conn_id=databricks_conn_id, **kwargs)
         self.catalog_name = identifier(catalog_name, "catalog_name")
         self.rate_card = rate_card or RateCard.load()
-        self._dbapi = connection
+        self.sql_session = SqlSession(
+            self._open_connection,
+            classify=classify_databricks_error,
+            what=f"Databricks {self.catalog_name}.billing query",
+            conn_id=databricks_conn_id,
+            needs=_NEEDS,
+            connection=connection,
+            policy=retry_policy or STATEMENT_RETRY,
+            sleep=sleep,
+        )
+
+    def _open_connection(self) -> Any:
+        """A new connector session with the bounded connector retries of :data:`CONNECTOR_RETRY`."""
+        extra = self.databricks_conn.extra_dejson
+        for key, value in CONNECTOR_RETRY.items():
+            if key not in extra:
+                self.additional_params.setdefault(key, value)
+        if self._sql_conn is not None and not getattr(self._sql_conn, "open", False):
+            self._sql_conn = None  # closed by the session after a fault: get_conn() would hand it back
+        return self.get_conn()
 
     def _rows(self, sql: str) -> list[dict[str, Any]]:
-        if self._dbapi is None:
-            self._dbapi = self.get_conn()
-        return fetch_dicts(self._dbapi, sql)
+        return self.sql_session.rows(sql)
 
     def usage_rows(self, start: dt.date, end: dt.date, *, job_run_id: str | None = None) -> list[dict[str, Any]]:
         """``system.billing.usage`` x ``list_prices`` rows with usage_date in ``[start, end)``."""
@@ -130,8 +243,14 @@ class DatabricksCostHook(DatabricksSqlHook):
         :return: :class:`CollectResult`; usage with no list price and no rate-card SKU is a quarantined bad row.
         """
         start, end = utc(start), utc(end)
+        sent = self.sql_session.attempts
         rows = self.usage_rows(start.date(), end.date())
-        res = CollectResult(source=SOURCE, window=(start, end), scope=f"databricks:{self.catalog_name}", requests=1)
+        res = CollectResult(
+            source=SOURCE,
+            window=(start, end),
+            scope=f"databricks:{self.catalog_name}",
+            requests=self.sql_session.attempts - sent,
+        )
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
         for i, r in enumerate(rows):
             day = r["usage_date"]

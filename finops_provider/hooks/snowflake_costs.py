@@ -14,14 +14,37 @@ Credits are priced with the rate card's ``snowflake/CREDIT_<EDITION>``. Cloud-se
 above 10 % of daily compute) and serverless features are not in these views and are not included.
 The views lag real time (up to 3 h for metering, 8 h for query attribution): that gap is what the estimate
 covers.
+
+Who retries what on the default path (``SnowflakeHook.get_conn()``, snowflake-connector-python over HTTPS):
+
+1. **The connector** re-sends one HTTP request itself, with its own backoff (1 s, then up to 16 s), on 429, 5xx,
+   400 / 403 / 408, a read that timed out or a connection that dropped, and a body that is not JSON, until
+   ``network_timeout`` runs out; each read waits at most ``socket_timeout``. A login is tried twice, within
+   ``login_timeout``. A result shorter than the row count the server declared is fetched once more. Its own
+   defaults leave a statement's retries unbounded (``network_timeout`` is infinite), so the hook passes
+   :data:`CONNECTOR_TIMEOUTS` unless the connection's extras name them. ``network_timeout`` also cancels a
+   statement still running after it: raise it in the extras for an account whose ACCOUNT_USAGE reads are slow.
+2. **This hook** (:class:`~finops_provider.hooks._sql.SqlSession`, classified by :func:`snowflake_fault`): when
+   the connector gives up (``TooManyRequests``, ``ServiceUnavailableError``, ``GatewayTimeoutError``, an
+   ``OperationalError`` for a timeout, a dropped connection or an incomplete result, a session that is gone) or
+   does not retry at all (a body cut short by a closed connection escapes it as ``ChunkedEncodingError``),
+   the connection is closed, a new one logs in and the statement runs again, within ``retry_policy``
+   (:data:`RETRY_POLICY`). Statements are reads, so running one again is safe; a collection writes the ledger
+   only after every statement returned, so a run that gives up writes nothing.
+3. **Refused credentials** are retried by neither: a wrong or rotated password (390100), a key pair whose public
+   key is not the user's (390144 and the 3943xx JWT codes), an expired or invalid OAuth token (390318, 390303)
+   raise :class:`~finops_provider.collect.CredentialsError` naming the connection id after one login.
+4. Airflow's task ``retries`` come last, for outages longer than the budget above.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
-from decimal import Decimal, localcontext
+import time
+from collections.abc import Callable, Sequence
+from decimal import Decimal, InvalidOperation, localcontext
+from functools import cached_property
 from typing import Any
 
 from airflow.providers.snowflake.hooks.snowflake import SnowflakeHook
@@ -40,12 +63,99 @@ from finops_provider.core.platforms import (
 )
 from finops_provider.core.pricing import RateCard
 from finops_provider.core.records import CostRecord, build_record
-from finops_provider.hooks._sql import fetch_dicts, identifier, rate_card_for
+from finops_provider.core.retry import RetryPolicy
+from finops_provider.hooks._sql import Fault, SqlSession, identifier, rate_card_for
 
 PLATFORM = "snowflake"
 SOURCE = "snowflake"
 EDITIONS = ("STANDARD", "ENTERPRISE", "BUSINESS_CRITICAL")
 _QID_CHARS = frozenset("0123456789abcdefABCDEF-")
+
+#: the connector's network bounds in seconds, passed unless the connection's extras set them (the connector's
+#: own defaults: 120 s to log in, no bound on retrying a statement's requests, 60 s per socket read — Snowflake
+#: holds a query request up to ~45 s before answering "still running", so reads need more than that)
+CONNECTOR_TIMEOUTS: dict[str, int] = {"login_timeout": 60, "network_timeout": 300, "socket_timeout": 60}
+#: statement retries after the connector gave up: each attempt may take up to ``network_timeout`` itself
+RETRY_POLICY = RetryPolicy(max_attempts=3, base_s=2.0, cap_s=30.0, budget_s=900.0)
+#: what the connection's principal needs, for the message of refused credentials
+NEEDS = (
+    "a current password, key pair (its public key set on the user) or OAuth token, and a role with "
+    "IMPORTED PRIVILEGES on the SNOWFLAKE database"
+)
+
+# snowflake.connector.errorcode values (the connector's own errnos, 25xxxx)
+_ER_FAILED_TO_CONNECT_TO_DB = 250001  # login gave up after its retries, or was refused with no server code
+_ER_CONNECTION_IS_CLOSED = 250002
+_ER_FAILED_TO_REQUEST = 250003  # a request's retries ran out (read timeout, dropped connection, bad body)
+_ER_CONNECTION_TIMEOUT = 251011
+_ER_RETRYABLE_CODE = 251012
+_ER_CURSOR_IS_CLOSED = 252006
+_ER_INCOMPLETE_RESULT_CHUNK = 252013  # fewer rows arrived than the server declared
+_CONNECTOR_TRANSIENT = frozenset(
+    {_ER_FAILED_TO_CONNECT_TO_DB, _ER_FAILED_TO_REQUEST, _ER_CONNECTION_TIMEOUT, _ER_RETRYABLE_CODE,
+     _ER_INCOMPLETE_RESULT_CHUNK}
+)  # fmt: skip
+# Snowflake's login codes: the credentials themselves were refused
+_LOGIN_REFUSED = frozenset(
+    {
+        390100,  # incorrect username or password (also a password that was changed or expired)
+        390144,  # JWT token is invalid (key pair: public key not set on the user, rotated, or clock skew)
+        390195,  # the cached ID token is invalid
+        390303,  # invalid OAuth access token
+        390318,  # OAuth access token expired
+        *range(394300, 394307),  # the JWT codes (expired, not yet valid, fingerprint mismatch, algorithm ...)
+    }
+)
+# the session is gone (expired, logged out): a new login with the same credentials works
+_SESSION_GONE = frozenset({390104, 390111, 390112, 390114, _ER_CONNECTION_IS_CLOSED, _ER_CURSOR_IS_CLOSED})
+_SQLSTATE_AUTHORIZATION_FAILURE = "28000"
+
+
+def snowflake_fault(e: BaseException) -> Fault | None:
+    """How :class:`SqlSession` handles a snowflake-connector error (``None``: raised unchanged).
+
+    :data:`Fault.RETRY` for what the connector gave up retrying (HTTP 429 / 5xx / 408, a timeout, a dropped
+    connection or a response cut short, an incomplete result, a session that is gone);
+    :data:`Fault.CREDENTIALS` for a login Snowflake refused. SQL errors (a missing column or grant) are neither.
+    """
+    if isinstance(e, (ConnectionError, TimeoutError)):  # the socket itself: reset, refused, timed out
+        return Fault.RETRY
+    if not type(e).__module__.startswith("snowflake.connector"):
+        return None
+    from snowflake.connector import errors as sf
+    from snowflake.connector.vendored.requests import exceptions as http
+    from snowflake.connector.vendored.urllib3 import exceptions as urllib3
+
+    if isinstance(
+        e,
+        (http.ConnectionError, http.Timeout, http.ChunkedEncodingError, http.ContentDecodingError,
+         urllib3.ProtocolError, urllib3.TimeoutError),
+    ):  # fmt: skip
+        # the connector lets a body cut short by a closed connection (ChunkedEncodingError) escape unwrapped
+        return Fault.RETRY
+    if isinstance(e, (sf.NonRetryableTlsError, sf.RevocationCheckError)):
+        return None  # a certificate problem does not go away on retry
+    if isinstance(
+        e,
+        (sf.TooManyRequests, sf.ServiceUnavailableError, sf.GatewayTimeoutError, sf.BadGatewayError,
+         sf.InternalServerError, sf.RequestTimeoutError),
+    ):  # fmt: skip
+        return Fault.RETRY
+    errno = getattr(e, "errno", None)
+    if isinstance(e, sf.OtherHTTPRetryableError):
+        return Fault.RETRY if isinstance(errno, int) and (errno >= 500 or errno in (408, 429)) else None
+    if isinstance(e, sf.OperationalError):
+        return Fault.RETRY if errno in _CONNECTOR_TRANSIENT else None
+    if isinstance(e, (sf.DatabaseError, sf.InterfaceError)):
+        if errno in _SESSION_GONE:
+            return Fault.RETRY
+        if isinstance(e, sf.DatabaseError) and (
+            errno in _LOGIN_REFUSED
+            or getattr(e, "sqlstate", None) == _SQLSTATE_AUTHORIZATION_FAILURE
+            or errno == _ER_FAILED_TO_CONNECT_TO_DB  # a login refused without a Snowflake code
+        ):
+            return Fault.CREDENTIALS
+    return None
 
 
 class SnowflakeCostHook(SnowflakeHook):
@@ -60,6 +170,13 @@ class SnowflakeCostHook(SnowflakeHook):
         ``TABLE(<db>.INFORMATION_SCHEMA.QUERY_HISTORY())`` for no latency).
     :param rate_card: prices (default: the shipped cards).
     :param connection: a DB-API connection to use instead of ``get_conn()`` (the SQL seam, see ``hooks/_sql.py``).
+    :param retry_policy: how often and how long a statement is run again after the connector gave up
+        (default :data:`RETRY_POLICY`); see the module docstring for which layer retries what.
+    :param sleep: the wait between statement attempts (tests inject one).
+
+    Connection extras read here besides the snowflake provider's: ``login_timeout``, ``network_timeout`` and
+    ``socket_timeout`` (seconds, default :data:`CONNECTOR_TIMEOUTS`) and ``protocol`` (``https``; ``http`` only
+    for a local endpoint), passed to the connector.
     """
 
     hook_name = "Snowflake costs (FinOps)"
@@ -73,6 +190,8 @@ class SnowflakeCostHook(SnowflakeHook):
         query_history: str | None = None,
         rate_card: RateCard | None = None,
         connection: Any = None,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
         **kwargs: Any,
     ) -> None:
         # ACCOUNT_USAGE timestamps are TIMESTAMP_LTZ: days are cut in UTC (Snowflake's advice for these views)
@@ -85,12 +204,51 @@ class SnowflakeCostHook(SnowflakeHook):
         self.account_usage = identifier(account_usage, "account_usage")
         self.query_history = query_history or f"{self.account_usage}.QUERY_HISTORY"
         self.rate_card = rate_card or RateCard.load()
+        self.retry_policy = retry_policy or RETRY_POLICY
+        self.sleep = sleep
         self._dbapi = connection
 
+    @cached_property
+    def _connector_options(self) -> dict[str, Any]:
+        """The connector parameters the snowflake provider does not pass: the timeouts (hook defaults unless the
+        connection's extras set them) and ``protocol``."""
+        conn_id = self.get_conn_id()
+        extra = self.get_connection(conn_id).extra_dejson
+        options: dict[str, Any] = {}
+        for key, default in CONNECTOR_TIMEOUTS.items():
+            raw = extra.get(key, default)
+            seconds = _whole_seconds(raw)
+            if seconds is None:
+                raise ValueError(
+                    f"connection {conn_id!r}: extra {key}={raw!r} is not a whole number of seconds > 0 "
+                    f"(the connector counts whole seconds; default {default})"
+                )
+            options[key] = seconds
+        protocol = extra.get("protocol")
+        if protocol is not None:
+            if str(protocol).lower() not in ("https", "http"):
+                raise ValueError(f"connection {conn_id!r}: extra protocol={protocol!r}: use https (or http)")
+            options["protocol"] = str(protocol).lower()
+        return options
+
+    def _get_conn_params(self) -> dict[str, Any]:
+        return {**super()._get_conn_params(), **self._connector_options}
+
+    @cached_property
+    def _session(self) -> SqlSession:
+        return SqlSession(
+            self.get_conn,
+            classify=snowflake_fault,
+            what="Snowflake",
+            conn_id=self.get_conn_id(),
+            needs=NEEDS,
+            connection=self._dbapi,
+            policy=self.retry_policy,
+            sleep=self.sleep,
+        )
+
     def _rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
-        if self._dbapi is None:
-            self._dbapi = self.get_conn()
-        return fetch_dicts(self._dbapi, sql, params)
+        return self._session.rows(sql, params)
 
     def credit_price(self, day: dt.date) -> Any:
         return self.rate_card.price(PLATFORM, f"CREDIT_{self.edition}", on=day)
@@ -270,6 +428,16 @@ class SnowflakeCostHook(SnowflakeHook):
             return True, "ACCOUNT_USAGE readable"
         except Exception as e:
             return False, f"{type(e).__name__}: {str(e)[:200]}"
+
+
+def _whole_seconds(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    try:
+        d = Decimal(str(v).strip())
+    except InvalidOperation:
+        return None
+    return int(d) if d.is_finite() and d > 0 and d == d.to_integral_value() else None
 
 
 def _dec(v: Any) -> Decimal:
