@@ -4,6 +4,13 @@ An export delivers a billing period under ``s3://bucket/prefix/<name>/data/BILLI
 delivery supersedes the previous one for that period, so a collection replaces the whole billing period in
 the ledger (restated lines replace, vanished lines are removed with an audit entry, nothing doubles).
 CUR 2.0 columns are translated to FOCUS here; FOCUS exports go through the core reader unchanged.
+
+Every S3 request (the listing, one ``GetObject`` per file) runs under the hook's one retry policy
+(:func:`~finops_provider.core.retry.call_with_retry`; botocore's own retries are off, the connection's other
+botocore settings such as timeouts are kept): 503 SlowDown, 500 InternalError, timeouts, dropped connections and a
+body cut short (fewer bytes than its Content-Length) are retried, the file is downloaded again from its first byte.
+Refused credentials raise ``CredentialsError`` naming the connection, not retried. A billing period is handed to
+the ledger only when every one of its files arrived whole.
 """
 
 from __future__ import annotations
@@ -11,18 +18,32 @@ from __future__ import annotations
 import datetime as dt
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-from finops_provider.collect import CollectResult
+from finops_provider.collect import CollectResult, CredentialsError
 from finops_provider.core.focus import BadRow, read_focus
 from finops_provider.core.money import MoneyError, to_decimal
 from finops_provider.core.records import CostRecord, RecordError, build_record
+from finops_provider.core.retry import RetryPolicy, call_with_retry
+from finops_provider.hooks.aws_cost_explorer import _is_retryable, refused_credentials
 
+if TYPE_CHECKING:
+    from botocore.config import Config
+
+#: what the connection's principal needs on the export bucket (named when its credentials are refused)
+S3_NEEDS = "s3:ListBucket and s3:GetObject on the export bucket"
+#: S3's own codes for refused credentials, beside the AWS-wide ones :func:`refused_credentials` knows
+_S3_CREDENTIAL_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "InvalidToken", "TokenRefreshRequired"})
+#: S3's own codes of a transient failure (SlowDown is a 503, InternalError a 500, RequestTimeout a 400: the
+#: connection sat idle too long)
+_S3_RETRYABLE_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
 _PERIOD_RE = re.compile(r"BILLING_PERIOD=(\d{4})-(\d{2})")
 #: CUR 2.0 line_item_line_item_type -> FOCUS ChargeCategory
 CHARGE_CATEGORY = {
@@ -165,24 +186,110 @@ def _columns(path: Path) -> list[str]:
         return next(csv.reader(fh), [])
 
 
+def _s3_code(exc: BaseException) -> str:
+    resp = getattr(exc, "response", None)
+    return str(resp.get("Error", {}).get("Code", "")) if isinstance(resp, dict) else ""
+
+
+def s3_retryable(exc: BaseException) -> bool:
+    """Throttling, 5xx, timeouts, a dropped connection, a body that ended before its Content-Length, or a body whose
+    checksum (``x-amz-checksum-*``, validated by botocore when the object has one) does not match."""
+    from botocore.exceptions import FlexibleChecksumError, IncompleteReadError, ResponseStreamingError
+
+    if isinstance(exc, (IncompleteReadError, ResponseStreamingError, FlexibleChecksumError)):
+        return True
+    return _s3_code(exc) in _S3_RETRYABLE_CODES or _is_retryable(exc)
+
+
+def s3_refused_credentials(exc: BaseException, conn_id: str | None, needs: str = S3_NEEDS) -> CredentialsError | None:
+    """The error to raise when S3 refused ``conn_id``'s credentials, else ``None`` (AWS-wide codes and S3's own)."""
+    refused = refused_credentials(exc, "S3", conn_id, needs)
+    code = _s3_code(exc)
+    if refused is None and code in _S3_CREDENTIAL_CODES:
+        refused = CredentialsError(
+            f"S3 refused the credentials of connection {conn_id!r} ({code}); renew or fix that connection's "
+            f"keys / role (it needs {needs})"
+        )
+    return refused
+
+
 class AwsDataExportsHook(S3Hook):
     """Reads one billing period of an AWS Data Exports delivery (CUR 2.0 or FOCUS 1.2) from S3.
 
     :param aws_conn_id: the amazon provider connection (default ``aws_default``).
+    :param retry_policy: backoff for throttling / 5xx / timeouts / truncated downloads (botocore's own retries are
+        off: this is the one policy).
+    :param sleep: how backoff waits (the tests' seam).
     """
 
     hook_name = "AWS Data Exports (FinOps)"
 
+    def __init__(
+        self,
+        *,
+        aws_conn_id: str | None = S3Hook.default_conn_name,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(aws_conn_id=aws_conn_id, **kwargs)
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.sleep = sleep
+        self.requests_made = 0
+
+    @property
+    def config(self) -> Config:
+        """The connection's botocore config (``config_kwargs`` extra: timeouts, addressing) with its retries off.
+
+        botocore's standard mode would retry 503 / 500 / timeouts up to 3 times with its own sleeps inside each of
+        our attempts; one policy keeps the number of requests bounded and known.
+        """
+        from botocore.config import Config
+
+        return super().config.merge(Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        def once() -> Any:
+            self.requests_made += 1
+            return fn()
+
+        try:
+            return call_with_retry(once, what=what, is_retryable=s3_retryable, policy=self.retry_policy,
+                                   sleep=self.sleep)  # fmt: skip
+        except Exception as e:
+            refused = s3_refused_credentials(e, self.aws_conn_id)
+            if refused is not None:
+                raise refused from None  # S3's error document can carry the access key id and the string to sign
+            raise
+
+    def _download(self, bucket: str, key: str, local: Path) -> None:
+        """One ``GetObject`` streamed to ``local`` (overwritten); raises unless every byte of Content-Length came."""
+        from botocore.exceptions import IncompleteReadError
+
+        resp = self.conn.get_object(Bucket=bucket, Key=key)
+        body, expected, got = resp["Body"], resp.get("ContentLength"), 0
+        try:
+            with open(local, "wb") as fh:
+                for chunk in body.iter_chunks(1 << 20):  # botocore also checks the length at the end of the body
+                    fh.write(chunk)
+                    got += len(chunk)
+        finally:
+            body.close()
+        if expected is not None and got != expected:
+            raise IncompleteReadError(actual_bytes=got, expected_bytes=expected)
+
     def collect_period(self, bucket: str, prefix: str, billing_period: str | None = None) -> CollectResult:
         """Read every data file of a delivery under ``prefix`` (optionally one ``BILLING_PERIOD=YYYY-MM``)."""
+        sent_before = self.requests_made
+        listed = self._call(f"S3 ListObjectsV2 s3://{bucket}/{prefix}",
+                            lambda: self.list_keys(bucket_name=bucket, prefix=prefix))  # fmt: skip
         keys = [
             k
-            for k in (self.list_keys(bucket_name=bucket, prefix=prefix) or [])
+            for k in (listed or [])
             if k.endswith((".parquet", ".csv", ".csv.gz"))
             and (billing_period is None or f"BILLING_PERIOD={billing_period}" in k)
         ]
         res = CollectResult(source="aws-data-exports", scope=f"aws-data-exports:{bucket}/{prefix}")
-        res.requests = 1 + len(keys)
         periods = {m.groups() for k in keys if (m := _PERIOD_RE.search(k))}
         if len(periods) == 1:
             y, mth = (int(x) for x in next(iter(periods)))
@@ -192,7 +299,7 @@ class AwsDataExportsHook(S3Hook):
         with tempfile.TemporaryDirectory(prefix="finops-exports-") as tmp:
             for i, key in enumerate(sorted(keys)):
                 local = Path(tmp) / f"{i}-{Path(key).name}"
-                self.get_key(key, bucket).download_file(str(local))
+                self._call(f"S3 GetObject s3://{bucket}/{key}", partial(self._download, bucket, key, local))
                 rows = read_cur2(local) if is_cur2(_columns(local)) else read_focus(local)
                 for item in rows:
                     if isinstance(item, BadRow):
@@ -200,6 +307,7 @@ class AwsDataExportsHook(S3Hook):
                     else:
                         item.x_source = "aws-data-exports"
                         res.records.append(item)
+        res.requests = self.requests_made - sent_before  # list + one GetObject per file, retries included
         self.log.info(
             "AWS Data Exports s3://%s/%s: %d files, %d rows, %d bad",
             bucket, prefix, len(keys), len(res.records), len(res.bad_rows),
@@ -216,12 +324,17 @@ def collect_aws_exports(
     conn_id: str | None = None,
     bucket: str,
     prefix: str,
+    hook: AwsDataExportsHook | None = None,
     **_: Any,
 ) -> tuple[CollectResult, Any]:
-    """Collect every billing period of the export touched by ``[start, end)``; each period replaces itself."""
+    """Collect every billing period of the export touched by ``[start, end)``; each period replaces itself.
+
+    A period is ingested only after all of its files were read whole; a failure raises before that period is
+    written (the periods before it stay, each complete).
+    """
     from finops_provider.collect import ingest_collected
 
-    hook = AwsDataExportsHook(aws_conn_id=conn_id or "aws_default")
+    hook = hook or AwsDataExportsHook(aws_conn_id=conn_id or "aws_default")
     month = dt.datetime(start.year, start.month, 1, tzinfo=dt.UTC)
     total = CollectResult(source="aws-data-exports", scope=f"aws-data-exports:{bucket}/{prefix}")
     last = None

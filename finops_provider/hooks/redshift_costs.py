@@ -10,14 +10,23 @@ Built on the amazon provider's :class:`AwsBaseHook` (``client_type="redshift"``)
   them by 3600 and multiplies by the RPU-hour price, rate card ``SERVERLESS_RPU_HOUR``). Each day's cost is
   split over ``SYS_QUERY_HISTORY.query_label`` (the query group, ``SET query_group TO ...``) in proportion to
   elapsed time; unlabelled time stays unallocated. Read through a DB-API connection
-  (``RedshiftSQLHook(redshift_conn_id).get_conn()`` or ``connection=``, the SQL seam).
+  (``RedshiftSQLHook(redshift_conn_id).get_conn()`` or ``connection=``, the SQL seam) in a
+  :class:`~finops_provider.hooks._sql.SqlSession`: a dropped connection, a socket timeout or a server that refuses
+  connections for a while is retried on a new connection under the hook's one retry policy; refused credentials
+  (SQLSTATE 28000 / 28P01, or AWS refusing the IAM token request) raise ``CredentialsError`` at once. A stalled
+  server is only noticed when the connection sets redshift_connector's socket ``timeout`` (extra, seconds).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import inspect
+import struct
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from decimal import Decimal, localcontext
+from functools import cached_property
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
@@ -40,12 +49,77 @@ from finops_provider.core.platforms import (
 from finops_provider.core.pricing import PriceNotFoundError, RateCard
 from finops_provider.core.records import CostRecord, build_record
 from finops_provider.core.retry import RetryPolicy, call_with_retry
-from finops_provider.hooks._sql import fetch_dicts, rate_card_for
+from finops_provider.hooks._sql import Fault, SqlSession, rate_card_for
 from finops_provider.hooks.aws_cost_explorer import _is_retryable, refused_credentials
 
 PLATFORM = "redshift"
 SOURCE = "redshift"
 UNLABELLED = "(unallocated)"
+#: what the Serverless connection's principal needs (named when its credentials are refused)
+SERVERLESS_NEEDS = (
+    "a database user that can read SYS_SERVERLESS_USAGE and SYS_QUERY_HISTORY; with iam=true, "
+    "redshift-serverless:GetCredentials or redshift:GetClusterCredentials for its AWS connection"
+)
+#: SQLSTATE classes / codes of a connection the server ended or could not accept yet (08: connection exception,
+#: 57P01-57P03: admin shutdown / crash shutdown / cannot connect now, 53300: too many connections)
+_RETRY_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+_CREDENTIAL_SQLSTATES = ("28000", "28P01")  # invalid authorization specification / invalid password
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a server error as redshift_connector raises it (``args[0]`` is the ErrorResponse fields)."""
+    fields = exc.args[0] if exc.args else None
+    code = fields.get("C") if isinstance(fields, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _raised_in_driver(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "redshift_connector" in tb.tb_frame.f_code.co_filename
+
+
+def redshift_fault(exc: BaseException) -> Fault | None:
+    """Classify an error of a redshift_connector session (and of the IAM token request before it).
+
+    * SQLSTATE 28000 / 28P01 (wrong or expired password, a user not allowed to log in, an IAM token the server
+      refused) and AWS refusing keys (``GetClusterCredentials`` / ``GetCredentials``): :attr:`Fault.CREDENTIALS`.
+    * The network: redshift_connector wraps socket errors while connecting as ``InterfaceError("communication
+      error", OSError)`` / ``OperationalError("connection time out", timeout)`` and a closed socket as
+      ``InterfaceError("BrokenPipe: server socket closed ...")``, but raises a socket timeout or reset *during a
+      query* unwrapped (``TimeoutError``, ``ConnectionResetError``) and a message cut short by an orderly close as
+      ``struct.error`` from its parser. All of these, the 08 / 57P0x / 53300 SQLSTATEs and AWS throttling / 5xx:
+      :attr:`Fault.RETRY` (on a new connection).
+    * Anything else (SQL errors, a bad configuration): ``None``, raised unchanged.
+    """
+    state = _sqlstate(exc)
+    if state is not None:
+        if state in _CREDENTIAL_SQLSTATES:
+            return Fault.CREDENTIALS
+        return Fault.RETRY if state.startswith(_RETRY_SQLSTATES) else None
+    if isinstance(getattr(exc, "response", None), dict):  # botocore ClientError of the IAM token request
+        if refused_credentials(exc, "Redshift", None, "") is not None:
+            return Fault.CREDENTIALS
+        return Fault.RETRY if _is_retryable(exc) else None
+    if type(exc).__module__.startswith("botocore") and _is_retryable(exc):  # endpoint / read timeouts of AWS
+        return Fault.RETRY
+    from redshift_connector import InterfaceError, OperationalError  # the amazon provider's dependency
+
+    if isinstance(exc, (InterfaceError, OperationalError)):
+        if any(isinstance(a, OSError) for a in exc.args):
+            return Fault.RETRY
+        text = str(exc.args[0]) if exc.args else ""
+        if text.startswith("BrokenPipe") or text == "connection is closed":
+            return Fault.RETRY
+        if "no password was provided" in text:
+            return Fault.CREDENTIALS
+        return None
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return Fault.RETRY
+    if isinstance(exc, struct.error) and _raised_in_driver(exc):
+        return Fault.RETRY
+    return None
 
 
 class RedshiftCostHook(AwsBaseHook):
@@ -54,7 +128,10 @@ class RedshiftCostHook(AwsBaseHook):
     :param aws_conn_id: the amazon provider connection (default ``aws_default``).
     :param redshift_conn_id: a ``redshift`` SQL connection for Serverless usage (``SYS_*`` views).
     :param connection: a DB-API connection to use for the Serverless SQL instead (the SQL seam).
-    :param retry_policy: backoff for throttling / 5xx / timeouts of the Redshift API (botocore's own retries are off).
+    :param retry_policy: backoff for throttling / 5xx / timeouts of the Redshift API (botocore's own retries are off)
+        and for dropped / refused / timed-out Serverless SQL connections (the provider's own ``get_conn`` retries
+        are bypassed, so this is the one policy).
+    :param sleep: how backoff waits (the tests' seam).
     """
 
     conn_name_attr = "aws_conn_id"
@@ -70,6 +147,7 @@ class RedshiftCostHook(AwsBaseHook):
         rate_card: RateCard | None = None,
         connection: Any = None,
         retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
         **kwargs: Any,
     ) -> None:
         if "config" not in kwargs:
@@ -82,6 +160,7 @@ class RedshiftCostHook(AwsBaseHook):
         self.rate_card = rate_card or RateCard.load()
         self._dbapi = connection
         self.retry_policy = retry_policy or RetryPolicy()
+        self.sleep = sleep
         self.requests_made = 0
 
     def clusters(self) -> list[dict[str, Any]]:
@@ -100,8 +179,9 @@ class RedshiftCostHook(AwsBaseHook):
 
             try:
                 page = call_with_retry(
-                    once, what="Redshift DescribeClusters", is_retryable=_is_retryable, policy=self.retry_policy
-                )
+                    once, what="Redshift DescribeClusters", is_retryable=_is_retryable, policy=self.retry_policy,
+                    sleep=self.sleep,
+                )  # fmt: skip
             except Exception as e:
                 refused = refused_credentials(e, "Redshift", self.aws_conn_id, "redshift:DescribeClusters")
                 if refused is not None:
@@ -184,19 +264,62 @@ class RedshiftCostHook(AwsBaseHook):
         res.requests = self.requests_made
         return res
 
-    def _rows(self, sql: str) -> list[dict[str, Any]]:
-        if self._dbapi is None:
-            if not self.redshift_conn_id:
-                raise ValueError("Serverless usage needs redshift_conn_id= (a redshift SQL connection) or connection=")
-            from airflow.providers.amazon.aws.hooks.redshift_sql import RedshiftSQLHook
+    def _connect_serverless(self) -> Any:
+        """A new redshift_connector connection from the ``redshift`` Airflow connection.
 
-            self._dbapi = RedshiftSQLHook(redshift_conn_id=self.redshift_conn_id).get_conn()
-        return fetch_dicts(self._dbapi, sql)
+        ``RedshiftSQLHook.get_conn`` carries its own tenacity retry (5 attempts, exponential waits up to 20 s, on
+        every ``InterfaceError`` / ``OperationalError``, which includes SQLSTATE 28000, a refused login): inside
+        our retries it would multiply the attempts and retry refused credentials for ~15 s. The undecorated
+        method runs instead, so :attr:`retry_policy` is the one policy.
+        """
+        from airflow.providers.amazon.aws.hooks.redshift_sql import RedshiftSQLHook
+
+        sql_hook = RedshiftSQLHook(redshift_conn_id=self.redshift_conn_id)
+        if "timeout" not in sql_hook.conn.extra_dejson:
+            self.log.warning(
+                "Redshift connection %r sets no socket timeout: a stalled server would block this task; set its "
+                "extra 'timeout' (seconds)", self.redshift_conn_id,
+            )  # fmt: skip
+        try:
+            return inspect.unwrap(RedshiftSQLHook.get_conn)(sql_hook)
+        except Exception as e:  # with iam=true, AWS may refuse the AWS connection's keys before any login
+            refused = refused_credentials(
+                e, f"Redshift (the IAM login of connection {self.redshift_conn_id!r})", sql_hook.aws_conn_id,
+                "redshift:GetClusterCredentials, or redshift-serverless:GetCredentials for Serverless",
+            )  # fmt: skip
+            if refused is not None:
+                raise refused from None
+            raise
+
+    @cached_property
+    def _serverless_sql(self) -> SqlSession:
+        if self._dbapi is None and not self.redshift_conn_id:
+            raise ValueError("Serverless usage needs redshift_conn_id= (a redshift SQL connection) or connection=")
+        return SqlSession(
+            self._connect_serverless,
+            classify=redshift_fault,
+            what="Redshift Serverless SQL",
+            conn_id=self.redshift_conn_id,
+            needs=SERVERLESS_NEEDS,
+            connection=self._dbapi,
+            policy=self.retry_policy,
+            sleep=self.sleep,
+        )
+
+    def _rows(self, sql: str) -> list[dict[str, Any]]:
+        return self._serverless_sql.rows(sql)
 
     def collect_serverless(self, start: dt.datetime, end: dt.datetime, *, workgroup: str = "default") -> CollectResult:
-        """RPU-hours per day from SYS_SERVERLESS_USAGE, split by query_label share of elapsed time."""
+        """RPU-hours per day from SYS_SERVERLESS_USAGE, split by query_label share of elapsed time.
+
+        Both statements are read before any record is built: a failure leaves nothing to ingest.
+
+        :raises CredentialsError: the database or AWS (IAM token) refused the connection's credentials.
+        :raises RetryExhaustedError: the connection kept dropping, timing out or being refused.
+        """
         start, end = utc(start), utc(end)
         s, e = sql_timestamp(start), sql_timestamp(end)
+        sent_before = self._serverless_sql.attempts
         usage = self._rows(
             "SELECT DATE_TRUNC('day', start_time) AS usage_day, SUM(charged_seconds) AS charged_seconds "
             f"FROM sys_serverless_usage WHERE start_time >= {s} AND start_time < {e} GROUP BY 1"
@@ -212,7 +335,10 @@ class RedshiftCostHook(AwsBaseHook):
                 label = UNLABELLED
             w = weights[utc(r["usage_day"])]
             w[label] = w.get(label, Decimal(0)) + to_decimal(r["elapsed"] or 0)
-        res = CollectResult(source=SOURCE, window=(start, end), scope=f"redshift:serverless:{workgroup}", requests=2)
+        res = CollectResult(
+            source=SOURCE, window=(start, end), scope=f"redshift:serverless:{workgroup}",
+            requests=self._serverless_sql.attempts - sent_before,  # statements sent, retries included
+        )  # fmt: skip
         for r in usage:
             day = utc(r["usage_day"])
             price = self.rate_card.price(PLATFORM, "SERVERLESS_RPU_HOUR", on=day.date())
