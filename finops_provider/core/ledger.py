@@ -831,29 +831,33 @@ class Ledger:
         insert = self._insert()
         now = dt.datetime.now(dt.UTC)
         claimed: set[str] = set()
+        rows = [
+            {
+                "dedupe_key": b.dedupe_key,
+                "budget": b.budget,
+                "period_start": b.period_start,
+                "threshold_pct": b.threshold_pct,
+                "basis": b.basis,
+                "currency": b.budget_amount.currency,
+                "budget_amount": b.budget_amount.amount,
+                "actual": b.actual.amount,
+                "forecast": b.forecast.amount if b.forecast is not None else None,
+                "actions": json.dumps(list(b.actions)),
+                "first_seen": now,
+            }
+            for b in {b.dedupe_key: b for b in bs}.values()  # one row per key (a multi-row INSERT needs that)
+        ]
         with self.engine.begin() as conn:
-            for b in bs:
+            for i in range(0, len(rows), 200):
+                # one multi-row INSERT per chunk; RETURNING names the rows inserted here, i.e. claimed here (not
+                # rowcount: psycopg 3 reports -1 once SQLAlchemy has closed the cursor)
                 stmt = (
                     insert(breach)
-                    .values(
-                        dedupe_key=b.dedupe_key,
-                        budget=b.budget,
-                        period_start=b.period_start,
-                        threshold_pct=b.threshold_pct,
-                        basis=b.basis,
-                        currency=b.budget_amount.currency,
-                        budget_amount=b.budget_amount.amount,
-                        actual=b.actual.amount,
-                        forecast=b.forecast.amount if b.forecast is not None else None,
-                        actions=json.dumps(list(b.actions)),
-                        first_seen=now,
-                    )
+                    .values(rows[i : i + 200])
                     .on_conflict_do_nothing(index_elements=["dedupe_key"])
-                    # RETURNING, not rowcount: psycopg 3 reports rowcount -1 once SQLAlchemy has closed the cursor
                     .returning(breach.c.dedupe_key)
                 )
-                if conn.execute(stmt).first() is not None:
-                    claimed.add(b.dedupe_key)
+                claimed.update(conn.execute(stmt).scalars())
         return claimed
 
     def breaches(self) -> list[dict[str, Any]]:

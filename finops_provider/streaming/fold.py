@@ -46,6 +46,7 @@ _KEY_ATTRS = tuple(c.attr for c in COLUMNS if c.attr not in _NOT_KEY)
 _KEY_GET = operator.attrgetter(*_KEY_ATTRS)
 _SUM_GET = operator.attrgetter(*SUMMED)
 _SAME_GET = operator.attrgetter(*_SAME)
+_NO_SAME: list[Decimal | None] = [None] * len(_SAME)
 
 
 GroupKey = tuple[dt.datetime, tuple[Any, ...], str]
@@ -88,34 +89,49 @@ class Folder:
 
     def add(self, rec: CostRecord, now: float | None = None) -> str:
         """Count ``rec`` in its group; returns the group's :func:`line_key`."""
-        key = group_key(rec)
-        g = self._groups.get(key)
-        self.events += 1
-        if g is None:
-            g = self._groups[key] = _Group(
-                line_key(key),
-                rec,
-                time.monotonic() if now is None else now,
-                rec.charge_period_start,
-                rec.charge_period_end,
-                list(_SUM_GET(rec)),
-                list(_SAME_GET(rec)),
-            )
-            return g.line_key
-        g.events += 1
-        if rec.charge_period_start < g.start:
-            g.start = rec.charge_period_start
-        if rec.charge_period_end > g.end:
-            g.end = rec.charge_period_end
+        return self.add_many((rec,), time.monotonic() if now is None else now)[0]
+
+    def add_many(self, records: Iterable[CostRecord], now: float) -> list[str]:
+        """Count each record in its group (one exact-arithmetic context for all); their :func:`line_key` s."""
+        out: list[str] = []
+        append = out.append
+        groups = self._groups
         with localcontext(MONEY_CONTEXT):
-            for i, v in enumerate(_SUM_GET(rec)):
-                if v is not None:
-                    cur = g.sums[i]
-                    g.sums[i] = v if cur is None else cur + v
-        for i, v in enumerate(_SAME_GET(rec)):
-            if g.same[i] is not None and g.same[i] != v:
-                g.same[i] = None
-        return g.line_key
+            for rec in records:
+                key = group_key(rec)
+                g = groups.get(key)
+                self.events += 1
+                if g is None:
+                    g = groups[key] = _Group(
+                        line_key(key),
+                        rec,
+                        now,
+                        rec.charge_period_start,
+                        rec.charge_period_end,
+                        list(_SUM_GET(rec)),
+                        list(_SAME_GET(rec)),
+                    )
+                    append(g.line_key)
+                    continue
+                g.events += 1
+                if rec.charge_period_start < g.start:
+                    g.start = rec.charge_period_start
+                if rec.charge_period_end > g.end:
+                    g.end = rec.charge_period_end
+                sums = g.sums
+                i = 0
+                for v in _SUM_GET(rec):
+                    if v is not None:
+                        cur = sums[i]
+                        sums[i] = v if cur is None else cur + v
+                    i += 1
+                same = g.same
+                if same != _NO_SAME:  # a unit price still shared by every event of the group
+                    for j, v in enumerate(_SAME_GET(rec)):
+                        if same[j] is not None and same[j] != v:
+                            same[j] = None
+                append(g.line_key)
+        return out
 
     def due(self, older_than: float | None, limit: int | None = None) -> list[GroupKey]:
         """Keys of groups waiting since before ``older_than`` (monotonic; ``None``: all), oldest first."""

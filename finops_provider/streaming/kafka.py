@@ -43,6 +43,9 @@ class KafkaSource:
         self._lag: dict[str, int] = {}
         self._lag_at = 0.0
         self._assigned = False
+        self.commit_interval = 1.0  # seconds between asynchronous group commits (the ledger is the resume point)
+        self._committed_at = 0.0
+        self._uncommitted: set[str] = set()
 
     def ready(self) -> bool:
         """True once the group has assigned partitions to this member."""
@@ -77,6 +80,7 @@ class KafkaSource:
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        self._uncommitted -= {f"{tp.topic}:{tp.partition}" for tp in partitions}  # no longer ours to commit
         log.info("revoked %s", ", ".join(f"{tp.topic}:{tp.partition}" for tp in partitions))
 
     def partitions(self) -> list[str]:
@@ -107,16 +111,28 @@ class KafkaSource:
     def commit(self, positions: Mapping[str, int], *, wait: bool = False) -> None:
         """Commit offsets to the group. Asynchronous by default: the ledger checkpoint (written before this,
         and sought to on assignment) is what resumes the stream; group offsets serve lag monitoring, so a
-        micro-batch does not wait a broker round trip for them. :meth:`close` commits synchronously."""
+        micro-batch does not wait a broker round trip for them, and they are sent at most once per
+        ``commit_interval``. ``wait=True`` (:meth:`close`) commits ``positions`` synchronously."""
         from confluent_kafka import KafkaException, TopicPartition
 
-        if not positions:
+        for key, pos in positions.items():
+            self._checkpoints[key] = int(pos)
+        if wait:
+            keys = set(positions)
+        else:  # at most one asynchronous group commit per interval: one per micro-batch loads the brokers
+            self._uncommitted.update(positions)
+            now = time.monotonic()
+            if now - self._committed_at < self.commit_interval:
+                return
+            self._committed_at = now
+            keys = set(self._uncommitted)
+        self._uncommitted -= keys
+        if not keys:
             return
         tps = []
-        for key, pos in positions.items():
+        for key in sorted(keys):
             topic, _, part = key.rpartition(":")
-            tps.append(TopicPartition(topic, int(part), int(pos)))
-            self._checkpoints[key] = int(pos)
+            tps.append(TopicPartition(topic, int(part), self._checkpoints[key]))
         try:
             self._consumer.commit(offsets=tps, asynchronous=not wait)
         except KafkaException as e:  # the ledger checkpoint already holds these positions

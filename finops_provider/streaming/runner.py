@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import gc
 import json
 import logging
 import math
@@ -163,7 +164,9 @@ class StreamProcessor:
     :param poll_timeout: seconds to wait for the first message of a batch.
     :param partition_idle_s: a partition without messages for this long (wall clock) stops holding the
         event-time watermark back.
-    :param fold_interval: seconds a group of events waits before it is folded into one ledger cost line.
+    :param fold_interval: seconds a group of events waits before it is folded into one ledger cost line (the
+        longer, the more events per line; pending events are durable either way). Groups are folded at the
+        rate they become due, spread over the micro-batches, so a batch never stalls on a backlog of lines.
     :param fold_chunk: cost lines folded per micro-batch at most (everything is folded on :meth:`close`).
     :param state_interval: seconds within which a changed engine state is saved (a share of the changed states
         is saved with every batch; each batch's events are durable anyway, and after a crash the events not yet
@@ -182,9 +185,9 @@ class StreamProcessor:
         max_batch: int = 2000,
         poll_timeout: float = 0.2,
         partition_idle_s: float = 30.0,
-        fold_interval: float = 2.0,
-        fold_chunk: int = 20,
-        state_interval: float = 5.0,
+        fold_interval: float = 30.0,
+        fold_chunk: int = 500,
+        state_interval: float = 15.0,
     ) -> None:
         self.ledger = ledger
         self.source = source
@@ -199,6 +202,7 @@ class StreamProcessor:
         self.partition_idle_s = partition_idle_s
         self.fold_interval = fold_interval
         self.fold_chunk = fold_chunk
+        self._last_fold = time.monotonic()
         self.state_interval = state_interval
         self.metrics = StreamMetrics()
         self._seq = 0  # the last event seq recorded for this consumer
@@ -397,15 +401,16 @@ class StreamProcessor:
                 res.applied = len(fresh) - res.late
                 received = self._t(now)
                 consumer = self.consumer
-                add = self._folder.add
                 t = self._t
+                line_keys = self._folder.add_many([e.record for e in fresh], wall)
                 rows = []
-                for e, is_late in zip(fresh, late, strict=True):
+                for e, is_late, line in zip(fresh, late, line_keys, strict=True):
                     seq += 1
                     rec = e.record
+                    eid = rec.x_line_item_id or ""
                     rows.append(  # finops_stream_event column order
                         (
-                            e.event_id,
+                            eid,
                             consumer,
                             e.producer[:200],
                             e.position[:300],
@@ -413,14 +418,14 @@ class StreamProcessor:
                             is_late,
                             received,
                             seq,
-                            raw_of[e.event_id].decode("utf-8"),
-                            add(rec, wall),
+                            raw_of[eid].decode("utf-8"),
+                            line,
                             None,
                         )
                     )
                 self._insert_events(conn, rows)
                 breaches, anomalies = self.engine.evaluate()
-            self._fold(conn, self._folder.due(wall - self.fold_interval, self.fold_chunk))
+            self._fold(conn, self._folder.due(wall - self.fold_interval, self._fold_share(wall)))
             new_anomalies = self._write_feed(conn, breaches, anomalies)
             share = self._state_share(wall)
             if share:
@@ -430,6 +435,16 @@ class StreamProcessor:
         if share:
             self._last_state = wall
         return breaches, new_anomalies
+
+    def _fold_share(self, wall: float) -> int:
+        """Lines this batch may fold: the pending groups' share of the time since the last batch (>= 1)."""
+        groups = len(self._folder)
+        elapsed, self._last_fold = wall - self._last_fold, wall
+        if not groups:
+            return 0
+        if self.fold_interval <= 0:
+            return self.fold_chunk
+        return min(self.fold_chunk, max(1, math.ceil(groups * elapsed / self.fold_interval)))
 
     def _state_share(self, wall: float) -> int:
         """How many changed states this batch saves: so many that each is saved about once per interval."""
@@ -739,6 +754,20 @@ class StreamProcessor:
             self._started = False
 
 
+def tune_gc() -> None:
+    """Garbage-collector settings for a long-running stream service (``run()`` calls this after ``start()``).
+
+    The config, the compiled budgets and the engine state live as long as the service. Left to the cyclic
+    collector, every full collection walks them all: a 0.5-0.7 s pause with 10,000 budgets, every few seconds at
+    10,000 events/s. They are frozen (still freed by reference counting, never scanned again) and the young
+    generation is collected every 10,000 allocations instead of 700: events are freed by reference counting
+    anyway, so the collector's passes found nothing and cost latency.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
+
+
 def build_processor(
     ledger: Ledger,
     config: Any,
@@ -749,9 +778,9 @@ def build_processor(
     max_batch: int = 2000,
     poll_timeout: float = 0.2,
     max_future: dt.timedelta | None = dt.timedelta(hours=1),
-    fold_interval: float = 2.0,
-    fold_chunk: int = 20,
-    state_interval: float = 5.0,
+    fold_interval: float = 30.0,
+    fold_chunk: int = 500,
+    state_interval: float = 15.0,
     **settings: Any,
 ) -> StreamProcessor:
     """A processor for a ``--source`` URL (:func:`~finops_provider.streaming.sources.parse_source`) and a config.

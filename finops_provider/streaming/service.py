@@ -20,7 +20,14 @@ from finops_provider.core.anomaly import Anomaly
 from finops_provider.core.budgets import Breach
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.ledger import Ledger
-from finops_provider.streaming.runner import BatchResult, StreamMetrics, StreamProcessor, StreamSink, build_processor
+from finops_provider.streaming.runner import (
+    BatchResult,
+    StreamMetrics,
+    StreamProcessor,
+    StreamSink,
+    build_processor,
+    tune_gc,
+)
 
 
 class JsonlSink:
@@ -127,6 +134,8 @@ def serve(
 
     old = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
     name = proc.source.name
+    started = proc.start()  # load state and replay first, then freeze what lives as long as the service
+    tune_gc()
     try:
         if live:
             from rich.live import Live
@@ -140,6 +149,7 @@ def serve(
                         last[0] = now
                         view.update(render(proc, name))
 
+                refresh(started)
                 metrics = proc.run(stop, idle_exit=idle_exit, on_batch=refresh)
                 view.update(render(proc, name))
         else:
@@ -157,6 +167,7 @@ def serve(
                     print(f"stats {json.dumps(proc.metrics.to_json())}", flush=True)
 
             print(f"finops stream: consuming {name} as {consumer}", flush=True)
+            log_line(started)
             metrics = proc.run(stop, idle_exit=idle_exit, on_batch=log_line)
     finally:
         for s, h in old.items():
