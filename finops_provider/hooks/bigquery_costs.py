@@ -35,8 +35,6 @@ from collections.abc import Callable
 from decimal import Decimal, localcontext
 from typing import Any
 
-from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
-
 from finops_provider.collect import CollectResult, ingest_collected
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.estimate import TaskTry
@@ -46,6 +44,7 @@ from finops_provider.core.platforms import estimate_record, ledger_amount, mappi
 from finops_provider.core.pricing import RateCard
 from finops_provider.core.records import CostRecord, build_record
 from finops_provider.core.retry import RetryPolicy, retry_after_seconds
+from finops_provider.hooks._bigquery import BoundedBigQueryHook
 from finops_provider.hooks._sql import Fault, SqlSession, fetch_dicts, identifier, rate_card_for
 
 PLATFORM = "bigquery"
@@ -129,7 +128,7 @@ class _Statement:
         return self.base if not self.runs else f"{self.base}_{self.runs}"
 
 
-class BigQueryCostHook(BigQueryHook):
+class BigQueryCostHook(BoundedBigQueryHook):
     """BigQuery job costs by label (truth from INFORMATION_SCHEMA.JOBS) and dry-run estimates.
 
     Connection (``google_cloud_platform``): the provider's usual fields (key file / keyfile JSON / ADC /
@@ -197,34 +196,14 @@ class BigQueryCostHook(BigQueryHook):
         )
 
     # ------------------------------------------------------------------ client
-    def get_client_options(self, api_endpoint_override: str | None = None) -> Any:
-        """The provider's client options, with the connection's ``api_endpoint`` extra when it has one."""
-        endpoint = api_endpoint_override or self._get_field("api_endpoint", None)
-        return super().get_client_options(api_endpoint_override=endpoint)
-
     def _connect(self) -> Any:
-        """A new ``google.cloud.bigquery.Client`` (the provider's credentials) whose requests are all bounded.
+        """A new ``google.cloud.bigquery.Client`` (bounded, counted: :meth:`BoundedBigQueryHook.bounded_client`).
 
         Not :meth:`get_conn`: the provider's PEP 249 connection (``BigQueryConnection``) reads results through the
         discovery API with its own retries (``num_retries``, sleeps up to a minute), returns TIMESTAMP columns as
         float seconds and RECORD columns unparsed, and takes no job id or timeout.
         """
-        client = self.get_client(project_id=self.project_id, location=self.location)
-        client._http.hooks["response"].append(self._count_response)
-        send, limit = client._http.request, self.timeout
-
-        def request(method: str, url: str, *args: Any, timeout: Any = None, **kwargs: Any) -> Any:
-            # the client sends most requests with timeout=None (wait forever) and getQueryResults with >= 120 s
-            if timeout is None or (isinstance(timeout, int | float) and timeout > limit):
-                timeout = limit
-            return send(method, url, *args, timeout=timeout, **kwargs)
-
-        client._http.request = request
-        return client
-
-    def _count_response(self, response: Any, *args: Any, **kwargs: Any) -> Any:
-        self.requests_made += 1
-        return response
+        return self.bounded_client()
 
     def _rows(self, sql: str) -> list[dict[str, Any]]:
         self._statement = _Statement()  # one job id for this statement and all its retries

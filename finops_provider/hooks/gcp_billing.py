@@ -27,14 +27,13 @@ from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
-
 from finops_provider.collect import CollectResult, CredentialsError, ingest_collected
 from finops_provider.core.config import AttributionConfig, FinOpsConfig
 from finops_provider.core.focus import BadRow
 from finops_provider.core.money import exact_sum
 from finops_provider.core.records import CostRecord, RecordError, build_record
 from finops_provider.core.retry import RetryPolicy, call_with_retry, retry_after_seconds
+from finops_provider.hooks._bigquery import BoundedBigQueryHook
 from finops_provider.hooks._window import bounded_scope, day_window
 
 if TYPE_CHECKING:
@@ -282,7 +281,7 @@ def _refusal(exc: BaseException) -> str | None:
     return None
 
 
-class GcpBillingExportHook(BigQueryHook):
+class GcpBillingExportHook(BoundedBigQueryHook):
     """Reads the Cloud Billing export in BigQuery: one grouped query per window, pushed-down GROUP BY.
 
     Group keys: usage day (UTC), billing account, invoice month, cost type, service, SKU, project, region,
@@ -371,31 +370,10 @@ class GcpBillingExportHook(BigQueryHook):
         self.requests_made = 0
 
     # ------------------------------------------------------------------ client
-    def get_client_options(self, api_endpoint_override: str | None = None) -> Any:
-        """The provider's client options, with the connection's ``api_endpoint`` extra when it has one."""
-        endpoint = api_endpoint_override or self._get_field("api_endpoint", None)
-        return super().get_client_options(api_endpoint_override=endpoint)
-
     @cached_property
     def client(self) -> Any:
-        """The ``google.cloud.bigquery.Client`` (from :meth:`BigQueryHook.get_client`); counts HTTP requests."""
-        client = self.get_client(project_id=self.project_id, location=self.location)
-        # every HTTP answer (including 429 / 5xx ones) is one API request: count them where they happen
-        client._http.hooks["response"].append(self._count_response)
-        # the client sends most requests with timeout=None (wait forever): bound every one of them
-        send, limit = client._http.request, self.timeout
-
-        def request(method: str, url: str, *args: Any, timeout: Any = None, **kwargs: Any) -> Any:
-            if timeout is None or (isinstance(timeout, int | float) and timeout > limit):
-                timeout = limit
-            return send(method, url, *args, timeout=timeout, **kwargs)
-
-        client._http.request = request
-        return client
-
-    def _count_response(self, response: Any, *args: Any, **kwargs: Any) -> Any:
-        self.requests_made += 1
-        return response
+        """The ``google.cloud.bigquery.Client`` (bounded, counted: :meth:`BoundedBigQueryHook.bounded_client`)."""
+        return self.bounded_client()
 
     def table_ref(self) -> str:
         """``project.dataset.table`` of the export, each part validated (they are written into the SQL)."""

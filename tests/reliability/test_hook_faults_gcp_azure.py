@@ -22,11 +22,12 @@ from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.ledger import Ledger
 from finops_provider.core.retry import RetryExhaustedError, RetryPolicy
 from tests.fixtures.azure import SUBSCRIPTION, TOKEN, FakeCostManagement, StaticTokenCredential
-from tests.fixtures.gcp import PROJECT, FakeBigQuery, bigquery_connection, export_row
+from tests.fixtures.gcp import FakeBigQuery, bigquery_connection, export_row, service_account_connection
 
 FAST = RetryPolicy(max_attempts=4, base_s=0.001, cap_s=0.002, budget_s=30)
-STALL_S = 0.6  # the peer holds a request this long; the hooks are given a 0.2 s timeout
-TIMEOUT_S = 0.2
+STALL_S = 1.5  # the peer holds a request this long; the hooks are given a 0.6 s timeout (a cold first query
+# on the peer, which transpiles and runs the SQL on DuckDB, can take longer than 0.2 s on a busy runner)
+TIMEOUT_S = 0.6
 D1, D3 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC), dt.datetime(2026, 10, 3, tzinfo=dt.UTC)
 
 
@@ -195,43 +196,10 @@ def _service_account(httpserver: Any, monkeypatch: pytest.MonkeyPatch, grant: bo
     """Connection ``gcp_billing``: a real service-account key whose token endpoint is the local server; the endpoint
     grants tokens (``grant``) or answers ``invalid_grant`` (a deleted / revoked key). Returns the key's PEM and the
     grant types the endpoint was asked for."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from werkzeug import Response
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    grants: list[str] = []
-
-    def token(request: Any) -> Any:
-        grants.append(request.form.get("grant_type", ""))
-        if grant:
-            body: dict[str, Any] = {"access_token": "ya29.local-token", "expires_in": 3599, "token_type": "Bearer"}
-            return Response(json.dumps(body), status=200, content_type="application/json")
-        body = {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
-        return Response(json.dumps(body), status=400, content_type="application/json")
-
-    httpserver.expect_request("/token", method="POST").respond_with_handler(token)
-    keyfile = {
-        "type": "service_account",
-        "project_id": PROJECT,
-        "private_key_id": "3f1c0ffee",
-        "private_key": pem,
-        "client_email": f"collector@{PROJECT}.iam.gserviceaccount.com",
-        "client_id": "104211111111111111111",
-        "token_uri": httpserver.url_for("/token"),
-    }
-    extra = {
-        "project": PROJECT,
-        "keyfile_dict": json.dumps(keyfile),
-        "api_endpoint": httpserver.url_for("").rstrip("/"),
-        "billing_dataset": "billing",
-        "billing_table": "gcp_billing_export_v1_0A1B2C_3D4E5F_6A7B8C",
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_GCP_BILLING", json.dumps({"conn_type": "google_cloud_platform", "extra": extra}))
-    return pem, grants
+    table = "gcp_billing_export_v1_0A1B2C_3D4E5F_6A7B8C"
+    return service_account_connection(
+        httpserver, monkeypatch, "gcp_billing", grant, billing_dataset="billing", billing_table=table
+    )
 
 
 @pytest.mark.parametrize(
