@@ -28,8 +28,9 @@ from tests.fixtures.bigquery import JOBS_DDL
 from tests.fixtures.gcp import ROW_BYTES, FakeBigQuery, bigquery_connection, service_account_connection
 
 FAST = RetryPolicy(max_attempts=4, base_s=0.001, cap_s=0.002, budget_s=30)
-STALL_S = 0.6  # the peer holds its answer this long; the hook is given a 0.2 s timeout
-TIMEOUT_S = 0.2
+STALL_S = 1.5  # the peer holds its answer this long; the hook is given a 0.6 s timeout (0.2 s was too tight for a
+# cold first query on a busy runner: the peer transpiles and runs the SQL on DuckDB)
+TIMEOUT_S = 0.6
 PAGE = 2  # rows per getQueryResults page: the 6 result rows come in 3 pages (page tokens "2" and "4")
 D1, D3 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC), dt.datetime(2026, 10, 3, tzinfo=dt.UTC)
 TIB = 2**40
