@@ -304,8 +304,25 @@ class StreamProcessor:
         msgs = self.source.poll(self.max_batch, self.poll_timeout)
         if not msgs:
             self.metrics.lag = self.source.lag()
+            self._fold_when_idle()
             return BatchResult()
         return self.process(msgs)
+
+    def _fold_when_idle(self) -> None:
+        """A quiet stream still folds its due groups (the ledger's cost lines must not wait for the next event)."""
+        if self._refold or not len(self._folder):
+            return
+        wall = time.monotonic()
+        due = self._folder.due(wall - self.fold_interval, self._fold_share(wall))
+        if not due:
+            return
+        try:
+            with self.ledger.engine.begin() as conn:
+                self._fold(conn, due)
+        except BaseException:
+            self._folder.clear()  # rolled back: rebuild pending groups from the ledger
+            self._refold = True
+            raise
 
     def process(self, msgs: Sequence[Message]) -> BatchResult:
         """Apply one micro-batch exactly once (see the module docstring for the order of effects)."""

@@ -23,7 +23,7 @@ from finops_provider.core.money import MoneyBag
 from finops_provider.core.schema import breach as breach_table
 from finops_provider.core.schema import stream_event, stream_state
 from finops_provider.streaming.engine import StreamEngine
-from finops_provider.streaming.events import EventDecoder
+from finops_provider.streaming.events import DeadLetter, EventDecoder
 from finops_provider.streaming.feed import consumer_status, current_totals, dead_letters, read_feed, stream_events
 from finops_provider.streaming.runner import CallbackSink, StreamProcessor
 from finops_provider.streaming.sources import JsonlPublisher, JsonlSource, parse_source
@@ -358,3 +358,40 @@ def test_finops_stream_survives_kill_9_mid_batch(tmp_path, make_event) -> None:
     alerted_breaches = [k for k in alerted if not k.startswith("anomaly|")]
     assert len(claimed) >= 4
     assert alerted_breaches == claimed  # every breach alerted, none twice
+
+
+def test_due_groups_are_folded_at_their_rate_over_several_batches(sqlite_url, config, make_event, tmp_path) -> None:
+    """A backlog of due groups is spread over the micro-batches (pending groups x elapsed / fold_interval lines per
+    batch, at most fold_chunk), not written in one stall; the lines add up exactly once everything is folded."""
+    path = tmp_path / "events.jsonl"
+    pub = JsonlPublisher(path)
+    for i in range(40):  # 40 tasks: 40 groups (one cost line each)
+        pub.publish(make_event("1.25", minutes=i, task_id=f"t{i}"))
+    pub.close()
+    with Ledger(sqlite_url) as led:
+        p = _processor(led, config, path, Recorder(), max_batch=40, fold_interval=3600.0, fold_chunk=15)
+        p.start()
+        assert p.run_once().messages == 40 and len(p._folder) == 40
+        assert stream_events(led, "test") == {"events": 40, "unfolded": 40}
+        p.fold_interval = 0.0  # every group is due now: at most fold_chunk lines per batch
+        pending = []
+        for _ in range(3):
+            p.run_once()  # no new messages: only the fold share runs
+            pending.append(stream_events(led, "test")["unfolded"])
+        assert pending == [25, 10, 0]  # folded while the stream is quiet, 15 lines per batch
+        assert led.totals(scope="stream:test").get("USD").amount == Decimal("50.00")
+        p.fold_interval = 10.0  # otherwise a share of the pending groups per elapsed time, at least one line
+        assert p._fold_share(p._last_fold + 1.0) == 0  # nothing pending: nothing to fold
+        for i in range(30):
+            p._folder.add(_record(config, make_event("1", task_id=f"u{i}")))
+        assert p._fold_share(p._last_fold + 1.0) == 3  # 30 groups x 1 s / 10 s
+        assert p._fold_share(p._last_fold + 0.01) == 1  # at least one line
+        p._folder.clear()
+        p.close()
+        assert led.totals(scope="stream:test").get("USD").amount == Decimal("50.00")
+
+
+def _record(config: Any, event: dict[str, Any]) -> Any:
+    decoded = EventDecoder(config, max_future=None).decode(json.dumps(event).encode())
+    assert not isinstance(decoded, DeadLetter)
+    return decoded.record
