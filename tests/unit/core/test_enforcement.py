@@ -14,7 +14,8 @@ from finops_provider.core.ledger import Ledger
 from finops_provider.core.outbox import Outbox
 from finops_provider.core.records import build_record
 
-NOW = dt.datetime.now(dt.UTC)
+NOW = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)  # mid-day: rows 10 s before it
+# are in the same UTC day even when the module is imported just after midnight
 
 CONFIG = parse_config(
     {
