@@ -46,10 +46,15 @@ class Figures:
         self.bad_inputs[kind] += n
 
     def checked(self, *, valid: int, lost: int, duplicates: int) -> None:
-        """A consistency check: ``valid`` rows expected, ``lost`` missing, ``duplicates`` extra (both should be 0)."""
+        """A consistency check: ``valid`` rows expected, ``lost`` missing, ``duplicates`` extra.
+
+        Recorded for the figures, then asserted: a row lost or doubled fails the test that found it (the figures
+        must never report a loss that no test failed on).
+        """
         self.valid_rows += valid
         self.rows_lost += max(0, lost)
         self.duplicates += max(0, duplicates)
+        assert lost == 0 and duplicates == 0, f"{valid} rows expected: {lost} lost, {duplicates} duplicated"
 
     def to_json(self) -> dict[str, Any]:
         return {
