@@ -78,10 +78,11 @@ class StreamEvent:
     record: CostRecord
     producer: str
     position: str = ""
+    event_id: str = ""  # = record.x_line_item_id; a field, not a property: the runner reads it ~10 times an event
 
-    @property
-    def event_id(self) -> str:
-        return self.record.x_line_item_id or ""
+    def __post_init__(self) -> None:
+        if not self.event_id:
+            object.__setattr__(self, "event_id", self.record.x_line_item_id or "")
 
 
 class _Bad(Exception):
@@ -202,7 +203,8 @@ class EventDecoder:
             except (msgspec.DecodeError, RecursionError):  # json.loads names the problem (or reads an escaped
                 text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw  # lone surrogate)
                 data = json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
-            return StreamEvent(self._record(data), str(data["source"]), position)
+            rec = self._record(data)
+            return StreamEvent(rec, str(data["source"]), position, rec.x_line_item_id or "")
         except _Bad as e:
             return DeadLetter(e.field, e.reason, _keep(raw), size, position)
         except UnicodeDecodeError:
