@@ -52,11 +52,21 @@ _CREDENTIAL_CODES = {
 }
 
 
-def refused_credentials(exc: BaseException, service: str, conn_id: str | None, needs: str) -> CredentialsError | None:
-    """The error to raise when an AWS call failed because ``conn_id``'s credentials were refused, else ``None``."""
+def aws_error_code(exc: BaseException) -> str:
+    """The ``Error.Code`` of a botocore ``ClientError`` (``""`` for anything else)."""
     resp = getattr(exc, "response", None)
-    code = resp.get("Error", {}).get("Code", "") if isinstance(resp, dict) else ""
-    if code not in _CREDENTIAL_CODES:
+    return str(resp.get("Error", {}).get("Code", "")) if isinstance(resp, dict) else ""
+
+
+def refused_credentials(
+    exc: BaseException, service: str, conn_id: str | None, needs: str, also: frozenset[str] = frozenset()
+) -> CredentialsError | None:
+    """The error to raise when an AWS call failed because ``conn_id``'s credentials were refused, else ``None``.
+
+    :param also: the service's own refusal codes beside the AWS-wide ones (S3: ``AccessDenied``, ...).
+    """
+    code = aws_error_code(exc)
+    if code not in _CREDENTIAL_CODES and code not in also:
         return None
     return CredentialsError(
         f"{service} refused the credentials of connection {conn_id!r} ({code}); renew or fix that connection's "

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-from finops_provider.collect import CollectResult, CredentialsError
+from finops_provider.collect import CollectResult
 from finops_provider.core.focus import BadRow, read_focus
 from finops_provider.core.money import MoneyError, to_decimal
 from finops_provider.core.records import CostRecord, RecordError, build_record
 from finops_provider.core.retry import RetryPolicy, call_with_retry
-from finops_provider.hooks.aws_cost_explorer import _is_retryable, refused_credentials
+from finops_provider.hooks.aws_cost_explorer import _is_retryable, aws_error_code, refused_credentials
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -186,11 +186,6 @@ def _columns(path: Path) -> list[str]:
         return next(csv.reader(fh), [])
 
 
-def _s3_code(exc: BaseException) -> str:
-    resp = getattr(exc, "response", None)
-    return str(resp.get("Error", {}).get("Code", "")) if isinstance(resp, dict) else ""
-
-
 def s3_retryable(exc: BaseException) -> bool:
     """Throttling, 5xx, timeouts, a dropped connection, a body that ended before its Content-Length, or a body whose
     checksum (``x-amz-checksum-*``, validated by botocore when the object has one) does not match."""
@@ -198,19 +193,7 @@ def s3_retryable(exc: BaseException) -> bool:
 
     if isinstance(exc, (IncompleteReadError, ResponseStreamingError, FlexibleChecksumError)):
         return True
-    return _s3_code(exc) in _S3_RETRYABLE_CODES or _is_retryable(exc)
-
-
-def s3_refused_credentials(exc: BaseException, conn_id: str | None, needs: str = S3_NEEDS) -> CredentialsError | None:
-    """The error to raise when S3 refused ``conn_id``'s credentials, else ``None`` (AWS-wide codes and S3's own)."""
-    refused = refused_credentials(exc, "S3", conn_id, needs)
-    code = _s3_code(exc)
-    if refused is None and code in _S3_CREDENTIAL_CODES:
-        refused = CredentialsError(
-            f"S3 refused the credentials of connection {conn_id!r} ({code}); renew or fix that connection's "
-            f"keys / role (it needs {needs})"
-        )
-    return refused
+    return aws_error_code(exc) in _S3_RETRYABLE_CODES or _is_retryable(exc)
 
 
 class AwsDataExportsHook(S3Hook):
@@ -257,7 +240,7 @@ class AwsDataExportsHook(S3Hook):
             return call_with_retry(once, what=what, is_retryable=s3_retryable, policy=self.retry_policy,
                                    sleep=self.sleep)  # fmt: skip
         except Exception as e:
-            refused = s3_refused_credentials(e, self.aws_conn_id)
+            refused = refused_credentials(e, "S3", self.aws_conn_id, S3_NEEDS, also=_S3_CREDENTIAL_CODES)
             if refused is not None:
                 raise refused from None  # S3's error document can carry the access key id and the string to sign
             raise

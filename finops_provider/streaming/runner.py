@@ -454,24 +454,16 @@ class StreamProcessor:
         return breaches, new_anomalies
 
     def _fold_share(self, wall: float) -> int:
-        """Lines this batch may fold: the pending groups' share of the time since the last batch (>= 1)."""
-        groups = len(self._folder)
+        """Lines this batch may fold: the pending groups' share of the time since the last batch."""
         elapsed, self._last_fold = wall - self._last_fold, wall
-        if not groups:
-            return 0
-        if self.fold_interval <= 0:
-            return self.fold_chunk
-        return min(self.fold_chunk, max(1, math.ceil(groups * elapsed / self.fold_interval)))
+        return rate_share(len(self._folder), elapsed, self.fold_interval, self.fold_chunk)
 
     def _state_share(self, wall: float) -> int:
-        """How many changed states this batch saves: so many that each is saved about once per interval."""
+        """Changed states this batch saves: so many that each is saved about once per interval (after a long
+        pause at most a tenth of them, or _STATE_CHUNK, so no batch stalls saving all at once)."""
         dirty = self.engine.dirty_count()
-        if not dirty:
-            return 0
-        if self.state_interval <= 0:
-            return dirty
-        due = math.ceil(dirty * (wall - self._last_state) / self.state_interval)
-        return min(dirty, due, max(_STATE_CHUNK, dirty // 10))  # after a long pause: no stall saving all at once
+        cap = dirty if self.state_interval <= 0 else max(_STATE_CHUNK, dirty // 10)
+        return rate_share(dirty, wall - self._last_state, self.state_interval, cap)
 
     # ------------------------------------------------------------------ fold
     def _fold(self, conn: sa.Connection, groups: list[GroupKey]) -> int:
@@ -769,6 +761,17 @@ class StreamProcessor:
         finally:
             self.source.close()
             self._started = False
+
+
+def rate_share(pending: int, elapsed: float, interval: float, cap: int) -> int:
+    """Work items to do now so that each of ``pending`` is done about once per ``interval`` seconds, spread over
+    calls ``elapsed`` seconds apart: at least one when any are pending, at most ``cap`` (all, up to ``cap``, when
+    ``interval`` is 0)."""
+    if not pending:
+        return 0
+    if interval <= 0:
+        return min(pending, cap)
+    return min(pending, cap, max(1, math.ceil(pending * elapsed / interval)))
 
 
 def tune_gc() -> None:
