@@ -221,9 +221,23 @@ stream_event = sa.Table(
     # 0006: the event's cost reaches finops_cost_line as part of one line per attribution, hour and fold
     sa.Column("payload", sa.Text()),  # the event as received (JSON), to replay or fold it after a crash
     sa.Column("line_key", sa.String(64)),  # the cost line it folds into (attribution + hour)
-    sa.Column("folded", sa.String(64)),  # the fold that wrote it to finops_cost_line; NULL = not yet
-    sa.Index("ix_finops_stream_event_unfolded", "consumer", "folded", "line_key"),  # folded IS NULL lookups
+    # set for events folded before 0007, and to 'unreadable' for a recorded event that no longer decodes; from
+    # 0007 on a fold is recorded in finops_stream_fold (one row per line, not an update of each event)
+    sa.Column("folded", sa.String(64)),
     sa.Index("ix_finops_stream_event_seq", "consumer", "seq"),
+)
+
+#: Streaming (0007): what is folded into cost lines. Every event of ``consumer`` with ``line_key`` and
+#: ``seq <= upto_seq`` is in a cost line; the row with ``line_key = ''`` is the low watermark: every event of
+#: the consumer up to its ``upto_seq`` is. The rest (``folded`` NULL) waits to be folded (streaming/fold.py).
+stream_fold = sa.Table(
+    "finops_stream_fold",
+    metadata,
+    sa.Column("consumer", sa.String(200), primary_key=True),
+    sa.Column("line_key", sa.String(64), primary_key=True),
+    sa.Column("upto_seq", sa.BigInteger(), nullable=False),
+    sa.Column("fold_id", sa.String(64), nullable=False),  # the last fold (its lines' x_line_item_id names it)
+    sa.Column("folded_at", UTCDateTime(), nullable=False),
 )
 
 #: Streaming: malformed, oversized or unpriceable messages with the reason (one row per source position).

@@ -16,7 +16,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from finops_provider.core.ledger import Ledger
-from finops_provider.core.schema import stream_checkpoint, stream_dead_letter, stream_event, stream_feed, stream_state
+from finops_provider.core.schema import (
+    stream_checkpoint,
+    stream_dead_letter,
+    stream_event,
+    stream_feed,
+    stream_fold,
+    stream_state,
+)
 
 
 def read_feed(
@@ -94,12 +101,19 @@ def consumer_status(ledger: Ledger) -> list[dict[str, Any]]:
 
 
 def stream_events(ledger: Ledger, consumer: str | None = None) -> dict[str, int]:
-    """Events the stream recorded (each once) and how many still wait to be folded into cost lines."""
-    q = sa.select(sa.func.count(), sa.func.count(sa.case((stream_event.c.folded.is_(None), 1)))).select_from(
-        stream_event
+    """Events the stream recorded (each once) and how many still wait to be folded into cost lines (above
+    their consumer's low watermark and their line key's last fold: ``finops_stream_fold``)."""
+    e, f = stream_event, stream_fold
+    low = sa.select(f.c.upto_seq).where(f.c.consumer == e.c.consumer, f.c.line_key == "").scalar_subquery()
+    upto = sa.select(f.c.upto_seq).where(f.c.consumer == e.c.consumer, f.c.line_key == e.c.line_key).scalar_subquery()
+    pending = sa.and_(
+        e.c.folded.is_(None),
+        e.c.seq > sa.func.coalesce(low, 0),
+        e.c.seq > sa.func.coalesce(upto, 0),
     )
+    q = sa.select(sa.func.count(), sa.func.count(sa.case((pending, 1)))).select_from(e)
     if consumer is not None:
-        q = q.where(stream_event.c.consumer == consumer)
+        q = q.where(e.c.consumer == consumer)
     with ledger.engine.connect() as conn:
         total, unfolded = conn.execute(q).one()
     return {"events": int(total), "unfolded": int(unfolded)}

@@ -51,7 +51,14 @@ from finops_provider.core.anomaly import Anomaly
 from finops_provider.core.budgets import Breach
 from finops_provider.core.ledger import Ledger, _sqlite_time, compile_raw, execute_raw, untyped
 from finops_provider.core.records import CostRecord
-from finops_provider.core.schema import stream_checkpoint, stream_dead_letter, stream_event, stream_feed, stream_state
+from finops_provider.core.schema import (
+    stream_checkpoint,
+    stream_dead_letter,
+    stream_event,
+    stream_feed,
+    stream_fold,
+    stream_state,
+)
 from finops_provider.streaming.engine import StreamEngine
 from finops_provider.streaming.events import DeadLetter, EventDecoder, StreamEvent
 from finops_provider.streaming.fold import Folder, GroupKey
@@ -65,6 +72,7 @@ _STATE_CHUNK = 1000  # changed states saved per micro-batch at most (or a tenth 
 
 _EVENT_W = untyped(stream_event)
 _STATE_W = untyped(stream_state)
+_FOLD_W = untyped(stream_fold)
 _EVENT_COLS = tuple(c.name for c in _EVENT_W.columns)
 
 
@@ -216,6 +224,15 @@ class StreamProcessor:
         dialect = ledger.engine.dialect
         self._event_sql = compile_raw(self._insert(_EVENT_W), dialect)
         st = self._insert(_STATE_W)
+        fo = self._insert(_FOLD_W)
+        self._fold_sql = compile_raw(
+            fo.on_conflict_do_update(
+                index_elements=["consumer", "line_key"],
+                set_={k: fo.excluded[k] for k in ("upto_seq", "fold_id", "folded_at")},
+            ),
+            dialect,
+        )
+        self._last_prune = time.monotonic()
         self._state_sql = compile_raw(
             st.on_conflict_do_update(
                 index_elements=["consumer", "state_key"],
@@ -318,7 +335,7 @@ class StreamProcessor:
             return
         try:
             with self.ledger.engine.begin() as conn:
-                self._fold(conn, due)
+                self._fold(conn, due, self._seq)
         except BaseException:
             self._folder.clear()  # rolled back: rebuild pending groups from the ledger
             self._refold = True
@@ -419,7 +436,7 @@ class StreamProcessor:
                 received = self._t(now)
                 consumer = self.consumer
                 t = self._t
-                line_keys = self._folder.add_many([e.record for e in fresh], wall)
+                line_keys = self._folder.add_many([e.record for e in fresh], range(seq + 1, seq + 1 + len(fresh)), wall)
                 rows = []
                 for e, is_late, line in zip(fresh, late, line_keys, strict=True):
                     seq += 1
@@ -442,7 +459,7 @@ class StreamProcessor:
                     )
                 self._insert_events(conn, rows)
                 breaches, anomalies = self.engine.evaluate()
-            self._fold(conn, self._folder.due(wall - self.fold_interval, self._fold_share(wall)))
+            self._fold(conn, self._folder.due(wall - self.fold_interval, self._fold_share(wall)), seq)
             new_anomalies = self._write_feed(conn, breaches, anomalies)
             share = self._state_share(wall)
             if share:
@@ -466,31 +483,56 @@ class StreamProcessor:
         return rate_share(dirty, wall - self._last_state, self.state_interval, cap)
 
     # ------------------------------------------------------------------ fold
-    def _fold(self, conn: sa.Connection, groups: list[GroupKey]) -> int:
-        """Write the cost lines of ``groups`` and mark their events folded, in ``conn``'s transaction."""
+    def _fold(self, conn: sa.Connection, groups: list[GroupKey], last_seq: int) -> int:
+        """Write the cost lines of ``groups`` and record the fold (:mod:`.fold`), in ``conn``'s transaction.
+        ``last_seq``: the last event recorded (the low watermark when nothing else is pending)."""
         if not groups:
             return 0
         fold_id = uuid.uuid4().hex
-        lines, keys, n = self._folder.take(groups, fold_id)
-        self._write_lines(conn, lines, fold_id)
-        marked = 0
+        lines, marks, n = self._folder.take(groups, fold_id)
+        keys = [m.line_key for m in marks]
+        done: dict[str, int] = {}
         for i in range(0, len(keys), _IN_CHUNK):
-            marked += conn.execute(
-                stream_event.update()
-                .where(
-                    stream_event.c.consumer == self.consumer,
-                    stream_event.c.folded.is_(None),
-                    stream_event.c.line_key.in_(keys[i : i + _IN_CHUNK]),
+            done.update(
+                (k, int(v))
+                for k, v in conn.execute(
+                    sa.select(stream_fold.c.line_key, stream_fold.c.upto_seq).where(
+                        stream_fold.c.consumer == self.consumer,
+                        stream_fold.c.line_key.in_(["", *keys[i : i + _IN_CHUNK]]),
+                    )
                 )
-                .values(folded=fold_id)
-            ).rowcount
-        if marked != n:  # another writer under this consumer name, or a bug: never fold twice
-            raise RuntimeError(
-                f"stream {self.consumer}: fold {fold_id} holds {n} event(s) but {marked} are unfolded in the "
-                "ledger; run one processor per consumer name"
             )
+        low = done.get("", 0)
+        for m in marks:  # another writer under this consumer name folded these events, or a bug: never fold twice
+            if m.first_seq <= max(low, done.get(m.line_key, 0)):
+                raise RuntimeError(
+                    f"stream {self.consumer}: fold {fold_id} holds events from seq {m.first_seq} of line "
+                    f"{m.line_key}, but the ledger has them folded already; run one processor per consumer name"
+                )
+        self._write_lines(conn, lines, fold_id)
+        at = self._t(dt.datetime.now(dt.UTC))
+        rows = [self._mark(m.line_key, m.last_seq, fold_id, at) for m in marks]
+        oldest = self._folder.oldest_seq()
+        new_low = last_seq if oldest is None else oldest - 1
+        if new_low > low:
+            rows.append(self._mark("", new_low, fold_id, at))
+        execute_raw(conn, self._fold_sql, rows)
+        if new_low > low and time.monotonic() - self._last_prune >= self.fold_interval:
+            self._prune_folds(conn, new_low)
         self.metrics.folded += n
         return n
+
+    def _mark(self, line_key: str, upto: int, fold_id: str, at: Any) -> dict[str, Any]:
+        return {"consumer": self.consumer, "line_key": line_key, "upto_seq": upto, "fold_id": fold_id, "folded_at": at}
+
+    def _prune_folds(self, conn: sa.Connection, low: int) -> None:
+        """Forget line keys' fold records below the low watermark (it covers their events)."""
+        conn.execute(
+            stream_fold.delete().where(
+                stream_fold.c.consumer == self.consumer, stream_fold.c.line_key != "", stream_fold.c.upto_seq <= low
+            )
+        )
+        self._last_prune = time.monotonic()
 
     def _write_lines(self, conn: sa.Connection, lines: list[CostRecord], fold_id: str) -> None:
         """The folded cost lines, through the one ledger write path, in ``conn``'s transaction."""
@@ -540,30 +582,38 @@ class StreamProcessor:
         self._folder.clear()
         self._refold = False
         with self.ledger.engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(stream_event.c.event_id, stream_event.c.payload).where(
-                    stream_event.c.consumer == self.consumer, stream_event.c.folded.is_(None)
-                )
-            ).all()
+            f = stream_fold.c
+            marks = dict(
+                conn.execute(sa.select(f.line_key, f.upto_seq).where(f.consumer == self.consumer)).tuples().all()
+            )
+            low = marks.pop("", 0)
+            e = stream_event.c
+            rows = [
+                r
+                for r in conn.execute(
+                    sa.select(e.event_id, e.payload, e.seq, e.line_key)
+                    .where(e.consumer == self.consumer, e.seq > low, e.folded.is_(None))
+                    .order_by(e.seq)
+                ).tuples()
+                if r[2] > marks.get(r[3], 0)
+            ]
+            last = max(self._seq, low)
             if not rows:
+                if last > low:  # nothing pending: everything recorded so far is folded
+                    execute_raw(
+                        conn, self._fold_sql, [self._mark("", last, "recovered", self._t(dt.datetime.now(dt.UTC)))]
+                    )
                 return
-            folder, ids, unreadable = Folder(), [], []
-            for event_id, payload in rows:
+            folder, unreadable = Folder(), []
+            for event_id, payload, seq, _ in rows:
                 d = self._replay_decoder.decode(payload or b"", f"refold:{event_id}")
                 if isinstance(d, DeadLetter):
                     unreadable.append((event_id, f"{d.field}: {d.reason}"))
                     continue
-                folder.add(d.record)
-                ids.append(event_id)
+                folder.add(d.record, int(seq))
             fold_id = uuid.uuid4().hex
             lines, _, _ = folder.take(folder.due(None), fold_id)
             self._write_lines(conn, lines, fold_id)
-            for i in range(0, len(ids), _IN_CHUNK):
-                conn.execute(
-                    stream_event.update()
-                    .where(stream_event.c.event_id.in_(ids[i : i + _IN_CHUNK]))
-                    .values(folded=fold_id)
-                )
             for event_id, why in unreadable:  # kept in finops_stream_event with its payload; never folded twice
                 log.error(
                     "stream %s: recorded event %s no longer decodes (%s; did the config or rate card change?); it "
@@ -575,7 +625,10 @@ class StreamProcessor:
                 conn.execute(
                     stream_event.update().where(stream_event.c.event_id == event_id).values(folded="unreadable")
                 )
-        log.info("stream %s: folded %d event(s) left unfolded by a previous run", self.consumer, len(ids))
+            # every event recorded is folded now (or unreadable): the low watermark covers them all
+            execute_raw(conn, self._fold_sql, [self._mark("", last, fold_id, self._t(dt.datetime.now(dt.UTC)))])
+            self._prune_folds(conn, last)
+        log.info("stream %s: folded %d event(s) left unfolded by a previous run", self.consumer, len(rows))
 
     def _fresh(self, conn: sa.Connection, unique: list[StreamEvent]) -> list[StreamEvent]:
         if not unique:
@@ -752,7 +805,7 @@ class StreamProcessor:
         try:
             if self._started:
                 with self.ledger.engine.begin() as conn:
-                    self._fold(conn, self._folder.due(None))
+                    self._fold(conn, self._folder.due(None), self._seq)
                     self._write_state(conn, dt.datetime.now(dt.UTC), self._seq)
         except Exception:
             log.exception("stream %s: final fold failed; the next start folds these events", self.consumer)

@@ -383,7 +383,7 @@ def test_due_groups_are_folded_at_their_rate_over_several_batches(sqlite_url, co
         p.fold_interval = 10.0  # otherwise a share of the pending groups per elapsed time, at least one line
         assert p._fold_share(p._last_fold + 1.0) == 0  # nothing pending: nothing to fold
         for i in range(30):
-            p._folder.add(_record(config, make_event("1", task_id=f"u{i}")))
+            p._folder.add(_record(config, make_event("1", task_id=f"u{i}")), 1000 + i)
         assert p._fold_share(p._last_fold + 1.0) == 3  # 30 groups x 1 s / 10 s
         assert p._fold_share(p._last_fold + 0.01) == 1  # at least one line
         p._folder.clear()
