@@ -60,9 +60,23 @@ _NO_SAME: list[Decimal | None] = [None] * len(_SAME)
 GroupKey = tuple[dt.datetime, tuple[Any, ...], str]
 
 
+#: hour -> the datetime at its start (``datetime.replace`` costs ~1.5 us a call here: more than the rest of the key)
+_HOURS: dict[tuple[Any, ...], dt.datetime] = {}
+
+
+def _hour(t: dt.datetime) -> dt.datetime:
+    k = (t.year, t.month, t.day, t.hour, t.tzinfo, t.fold)
+    h = _HOURS.get(k)
+    if h is None:
+        if len(_HOURS) > 10_000:
+            _HOURS.clear()
+        h = _HOURS[k] = t.replace(minute=0, second=0, microsecond=0)
+    return h
+
+
 def group_key(rec: CostRecord) -> GroupKey:
     """The cost line an event folds into: its attribution, currency, category and the hour of its time."""
-    hour = rec.charge_period_start.replace(minute=0, second=0, microsecond=0)
+    hour = _hour(rec.charge_period_start)
     tags = json.dumps(rec.tags, sort_keys=True, ensure_ascii=False) if rec.tags else ""
     return hour, _KEY_GET(rec), tags
 

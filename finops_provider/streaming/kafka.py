@@ -43,6 +43,7 @@ class KafkaSource:
         self._lag: dict[str, int] = {}
         self._lag_at = 0.0
         self._assigned = False
+        self._partitions: list[str] = []  # assigned to this member (kept by the rebalance callbacks)
         self.commit_interval = 1.0  # seconds between asynchronous group commits (the ledger is the resume point)
         self._committed_at = 0.0
         self._uncommitted: set[str] = set()
@@ -76,17 +77,19 @@ class KafkaSource:
             if pos is not None:
                 tp.offset = pos  # the ledger's checkpoint wins over the broker's committed offset
         self._assigned = True
+        self._partitions = [f"{tp.topic}:{tp.partition}" for tp in partitions]
         log.info("assigned %s", ", ".join(f"{tp.topic}:{tp.partition}@{tp.offset}" for tp in partitions))
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        self._uncommitted -= {f"{tp.topic}:{tp.partition}" for tp in partitions}  # no longer ours to commit
+        revoked = {f"{tp.topic}:{tp.partition}" for tp in partitions}
+        self._uncommitted -= revoked  # no longer ours to commit
+        self._partitions = [p for p in self._partitions if p not in revoked]
         log.info("revoked %s", ", ".join(f"{tp.topic}:{tp.partition}" for tp in partitions))
 
     def partitions(self) -> list[str]:
-        if self._consumer is None:
-            return []
-        return [f"{tp.topic}:{tp.partition}" for tp in self._consumer.assignment()]
+        """The partitions assigned (as the rebalance callbacks left them: no librdkafka call per batch)."""
+        return list(self._partitions) if self._consumer is not None else []
 
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
         c = self._consumer

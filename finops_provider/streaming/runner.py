@@ -2,28 +2,33 @@
 
 Exactly-once, by construction
 -----------------------------
-Each micro-batch (up to ``max_batch`` messages, as soon as they are available) is applied in **one ledger
-transaction** that holds everything the batch changed:
+Each micro-batch (up to ``max_batch`` messages, as soon as they are available) is decoded, the events the
+ledger already holds are dropped (their id is recorded: a duplicate), and the rest are applied to the engine
+and evaluated. Breaches are claimed (:meth:`Ledger.claim_breaches`, atomic, true once per breach) and the
+sinks called for those claimed here at once, before the batch's ledger write, so an alert waits only for the
+engine. Then **one ledger transaction** holds everything the batch changed:
 
 1. dead letters (malformed, oversized, unpriceable, wrong-currency-code messages; unique per source position),
-2. the events applied (``finops_stream_event``: id, time, payload, the cost line they fold into; an id already
-   there is a duplicate and skipped),
+2. the events applied (``finops_stream_event``: id, ``seq``, time, payload, the cost line they fold into),
 3. the cost lines of the event groups that are due to fold (:mod:`.fold`: one line per attribution, hour and
-   fold, with the exact sums, :meth:`Ledger.ingest` inside this transaction) and their events marked folded,
+   fold, with the exact sums, :meth:`Ledger.ingest` inside this transaction) and the fold records
+   (``finops_stream_fold``),
 4. the feed rows of the breaches/anomalies it produced, and an incremental snapshot of the engine state: the
    states changed since they were last saved, those unsaved the longest first, so many per batch that each is
    saved about once per ``state_interval`` (running totals and detector state, each stamped with the ``seq``
    of the last event it holds), and the clock with ``replay_from`` (every event up to it is in saved states),
 5. the source checkpoint (next position per partition).
 
-Only after that commit are breaches claimed (:meth:`Ledger.claim_breach`, atomic, true once), sinks called
-and the source committed (Kafka offsets). A crash anywhere before the commit rolls everything back and the
-messages are read again; a crash after it replays messages whose ids are recorded, which change nothing.
-On start the engine state is loaded from the ledger, the events recorded after ``replay_from`` are applied
-again in their original order with their original lateness, each only to the states saved before it (so
-the running totals are exactly those of the events recorded), and it is re-evaluated: a breach whose claim was lost in a
-crash is claimed then; one already claimed is not acted on again. So the ledger totals equal the sum of
-the distinct events produced, to the last digit, and each breach is alerted once.
+Only after that commit are anomalies passed to the sinks and the source committed (Kafka offsets). A crash
+anywhere before the commit rolls the batch back and its messages are read again: their breaches are derived
+again and are already claimed, so they are not acted on twice; a crash after it replays messages whose ids
+are recorded, which change nothing. A batch that fails without a crash leaves the engine holding events the
+ledger does not: that processor refuses to go on and does not save its state (a new one resumes). On start
+the engine state is loaded from the ledger, the events recorded after ``replay_from`` are applied again in
+their original order with their original lateness, each only to the states saved before it (so the running
+totals are exactly those of the events recorded), and it is re-evaluated: a breach whose claim was lost in a
+crash is claimed then; one already claimed is not acted on again. So the ledger totals equal the sum of the
+distinct events produced, to the last digit, and each breach is alerted once.
 
 The engine's hot path never touches the database; the database is written once per batch. Every
 statement written per event or per state is compiled once and handed pre-encoded to the driver.
@@ -49,7 +54,7 @@ import sqlalchemy as sa
 
 from finops_provider.core.anomaly import Anomaly
 from finops_provider.core.budgets import Breach
-from finops_provider.core.ledger import Ledger, _sqlite_time, compile_raw, execute_raw, untyped
+from finops_provider.core.ledger import Ledger, RawSQL, _sqlite_time, compile_raw, execute_raw, untyped
 from finops_provider.core.records import CostRecord
 from finops_provider.core.schema import (
     stream_checkpoint,
@@ -217,6 +222,8 @@ class StreamProcessor:
         self._last_state = time.monotonic()
         self._seen: dict[str, float] = {}  # partition -> wall clock of its last message
         self._started = False
+        self._failed = False  # a micro-batch failed after the engine applied it (see process)
+        self._conn: sa.Connection | None = None
         self._insert = ledger._insert()
         self._sqlite = ledger.dialect == "sqlite"
         self._folder = Folder()
@@ -233,6 +240,15 @@ class StreamProcessor:
             dialect,
         )
         self._last_prune = time.monotonic()
+        self._known_sql: dict[int, RawSQL] = {}  # the id lookup for n ids, compiled once per n
+        ck = self._insert(untyped(stream_checkpoint))
+        self._checkpoint_sql = compile_raw(
+            ck.on_conflict_do_update(
+                index_elements=["consumer", "partition"],
+                set_={k: ck.excluded[k] for k in ("position", "lag", "updated_at")},
+            ),
+            dialect,
+        )
         self._state_sql = compile_raw(
             st.on_conflict_do_update(
                 index_elements=["consumer", "state_key"],
@@ -316,6 +332,12 @@ class StreamProcessor:
     # ---------------------------------------------------------------- batch
     def run_once(self) -> BatchResult:
         """Poll one micro-batch and process it (an empty result when nothing arrived in ``poll_timeout``)."""
+        if self._failed:
+            raise RuntimeError(
+                f"stream {self.consumer}: a micro-batch failed and was rolled back; this processor's engine state "
+                "holds its events, so it cannot go on. Start a new processor: it resumes from the ledger and reads "
+                "the batch again"
+            )
         if not self._started:
             self.start()
         msgs = self.source.poll(self.max_batch, self.poll_timeout)
@@ -376,30 +398,61 @@ class StreamProcessor:
                 unique.append(e)
         lag = self.source.lag()
         try:
-            breaches, new_anomalies = self._commit_batch(res, unique, positions, partition_of, raw_of, lag, now, wall)
+            fresh, late, breaches, anomalies = self._apply(res, unique, partition_of, wall)
+            self._act_breaches(res, breaches)  # as soon as the engine sees them: before the batch's ledger write
+            new_anomalies = self._commit_batch(res, fresh, late, positions, raw_of, lag, now, wall, breaches, anomalies)
         except BaseException:
-            self._folder.clear()  # the transaction rolled back: rebuild pending groups from the ledger
+            # the engine holds this batch's events but the ledger does not: this processor must not go on (its
+            # source would skip the batch) nor save that state; a new one resumes from the ledger and re-reads them
+            self._failed = True
+            self._folder.clear()
             self._refold = True
             raise
-        self._act(res, breaches, new_anomalies)
+        self._act_anomalies(res, new_anomalies)
         self.source.commit(positions)
         self._account(res, lag, t0)
         return res
 
+    def _apply(
+        self, res: BatchResult, unique: list[StreamEvent], partition_of: dict[str, str], wall: float
+    ) -> tuple[list[StreamEvent], list[bool], list[Breach], list[Anomaly]]:
+        """Drop events the ledger has already, apply the rest to the engine and evaluate it."""
+        fresh = self._fresh(self._connection(), unique)
+        res.duplicates += len(unique) - len(fresh)
+        if not fresh:
+            return fresh, [], [], []
+        self.engine.batch_seq = self._seq
+        self.engine.set_active_partitions(p for p, t in self._seen.items() if wall - t <= self.partition_idle_s)
+        by_partition: dict[str, list[StreamEvent]] = {}
+        for e in fresh:
+            by_partition.setdefault(partition_of[e.event_id], []).append(e)
+        late_of: dict[str, bool] = {}
+        for part, evs in by_partition.items():
+            for e, flag in zip(evs, self.engine.apply([e.record for e in evs], part), strict=True):
+                late_of[e.event_id] = flag
+        late = [late_of[e.event_id] for e in fresh]
+        res.late = sum(late)
+        res.applied = len(fresh) - res.late
+        breaches, anomalies = self.engine.evaluate()
+        return fresh, late, breaches, anomalies
+
     def _commit_batch(
         self,
         res: BatchResult,
-        unique: list[StreamEvent],
+        fresh: list[StreamEvent],
+        late: list[bool],
         positions: dict[str, int],
-        partition_of: dict[str, str],
         raw_of: dict[str, bytes],
         lag: dict[str, int],
         now: dt.datetime,
         wall: float,
-    ) -> tuple[list[Breach], list[Anomaly]]:
+        breaches: list[Breach],
+        anomalies: list[Anomaly],
+    ) -> list[Anomaly]:
+        """The batch's one ledger transaction (module docstring); returns the anomalies new in the feed."""
         seq = self._seq
-        self.engine.batch_seq = seq
-        with self.ledger.engine.begin() as conn:
+        conn = self._connection()
+        with conn.begin():
             if res.dead_letters:
                 stmt = self._insert(stream_dead_letter).on_conflict_do_nothing(index_elements=["position_key"])
                 conn.execute(
@@ -417,26 +470,12 @@ class StreamProcessor:
                         for d in res.dead_letters
                     ],
                 )
-            fresh = self._fresh(conn, unique)
-            res.duplicates += len(unique) - len(fresh)
-            breaches: list[Breach] = []
-            anomalies: list[Anomaly] = []
             if fresh:
-                self.engine.set_active_partitions(p for p, t in self._seen.items() if wall - t <= self.partition_idle_s)
-                by_partition: dict[str, list[StreamEvent]] = {}
-                for e in fresh:
-                    by_partition.setdefault(partition_of[e.event_id], []).append(e)
-                late_of: dict[str, bool] = {}
-                for part, evs in by_partition.items():
-                    for e, flag in zip(evs, self.engine.apply([e.record for e in evs], part), strict=True):
-                        late_of[e.event_id] = flag
-                late = [late_of[e.event_id] for e in fresh]
-                res.late = sum(late)
-                res.applied = len(fresh) - res.late
                 received = self._t(now)
                 consumer = self.consumer
                 t = self._t
-                line_keys = self._folder.add_many([e.record for e in fresh], range(seq + 1, seq + 1 + len(fresh)), wall)
+                records = [e.record for e in fresh]
+                line_keys = self._folder.add_many(records, range(seq + 1, seq + 1 + len(fresh)), wall)
                 rows = []
                 for e, is_late, line in zip(fresh, late, line_keys, strict=True):
                     seq += 1
@@ -458,7 +497,6 @@ class StreamProcessor:
                         )
                     )
                 self._insert_events(conn, rows)
-                breaches, anomalies = self.engine.evaluate()
             self._fold(conn, self._folder.due(wall - self.fold_interval, self._fold_share(wall)), seq)
             new_anomalies = self._write_feed(conn, breaches, anomalies)
             share = self._state_share(wall)
@@ -468,7 +506,7 @@ class StreamProcessor:
         self._seq = seq
         if share:
             self._last_state = wall
-        return breaches, new_anomalies
+        return new_anomalies
 
     def _fold_share(self, wall: float) -> int:
         """Lines this batch may fold: the pending groups' share of the time since the last batch."""
@@ -631,16 +669,33 @@ class StreamProcessor:
         log.info("stream %s: folded %d event(s) left unfolded by a previous run", self.consumer, len(rows))
 
     def _fresh(self, conn: sa.Connection, unique: list[StreamEvent]) -> list[StreamEvent]:
+        """``unique`` without the events whose id the ledger has recorded (one primary-key lookup each)."""
         if not unique:
             return []
         ids = [e.event_id for e in unique]
         known: set[str] = set()
         for i in range(0, len(ids), _IN_CHUNK):
             part = ids[i : i + _IN_CHUNK]
-            known.update(
-                conn.execute(sa.select(stream_event.c.event_id).where(stream_event.c.event_id.in_(part))).scalars()
-            )
+            sql = self._known_sql.get(len(part))
+            if sql is None:
+                sql = self._known_sql[len(part)] = compile_raw(
+                    sa.select(stream_event.c.event_id).where(
+                        stream_event.c.event_id.in_([sa.bindparam(f"id{j}") for j in range(len(part))])
+                    ),
+                    self.ledger.engine.dialect,
+                )
+            text, order = sql
+            params: Any = tuple(part) if order is not None else {f"id{j}": v for j, v in enumerate(part)}
+            known.update(r[0] for r in conn.exec_driver_sql(text, params))
+        conn.rollback()  # ends the read: no snapshot held while the breaches are claimed
         return [e for e in unique if e.event_id not in known]
+
+    def _connection(self) -> sa.Connection:
+        """The connection this processor's micro-batches use, kept open (no pool round trip, nor PostgreSQL's
+        pre-ping, per batch); closed by :meth:`close`."""
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self.ledger.engine.connect()
+        return self._conn
 
     def _not_planned(self, anomalies: list[Anomaly]) -> list[Anomaly]:
         """Drop anomalies of a scope a user labelled ``planned`` for that time (the batch detectors do the same)."""
@@ -721,20 +776,21 @@ class StreamProcessor:
     ) -> None:
         if not positions:
             return
-        stmt = self._insert(stream_checkpoint)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["consumer", "partition"],
-            set_={"position": stmt.excluded.position, "lag": stmt.excluded.lag, "updated_at": stmt.excluded.updated_at},
-        )
-        conn.execute(
-            stmt,
-            [
-                {"consumer": self.consumer, "partition": p, "position": pos, "lag": lag.get(p), "updated_at": now}
-                for p, pos in positions.items()
-            ],
-        )
+        at = self._t(now)
+        rows = [
+            {"consumer": self.consumer, "partition": p, "position": pos, "lag": lag.get(p), "updated_at": at}
+            for p, pos in positions.items()
+        ]
+        execute_raw(conn, self._checkpoint_sql, rows)
 
     def _act(self, res: BatchResult, breaches: Sequence[Breach], anomalies: Iterable[Anomaly]) -> None:
+        self._act_breaches(res, breaches)
+        self._act_anomalies(res, anomalies)
+
+    def _act_breaches(self, res: BatchResult, breaches: Sequence[Breach]) -> None:
+        """Claim ``breaches`` (each is acted on once, ever) and call the sinks with those claimed here."""
+        if not breaches:
+            return
         claimed = self.ledger.claim_breaches(breaches)
         for b in breaches:
             if b.dedupe_key not in claimed:
@@ -745,6 +801,8 @@ class StreamProcessor:
                     s.on_breach(b)
                 except Exception:
                     log.exception("stream sink %r failed on breach %s (the feed row stays)", s, b.dedupe_key)
+
+    def _act_anomalies(self, res: BatchResult, anomalies: Iterable[Anomaly]) -> None:
         for a in anomalies:
             res.anomalies.append(a)
             for s in self.sinks:
@@ -803,7 +861,7 @@ class StreamProcessor:
     def close(self) -> None:
         """Fold every pending event into the ledger and close the source."""
         try:
-            if self._started:
+            if self._started and not self._failed:  # a failed processor's state must not be saved
                 with self.ledger.engine.begin() as conn:
                     self._fold(conn, self._folder.due(None), self._seq)
                     self._write_state(conn, dt.datetime.now(dt.UTC), self._seq)
@@ -812,6 +870,9 @@ class StreamProcessor:
             self._folder.clear()
             self._refold = True
         finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
             self.source.close()
             self._started = False
 

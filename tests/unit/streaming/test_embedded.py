@@ -212,7 +212,9 @@ def test_two_processors_under_one_consumer_name_never_fold_twice(sqlite_url, con
         assert led.totals(scope="stream:test").get("USD").amount == 20
 
 
-def test_breach_lost_between_commit_and_claim_is_claimed_on_restart(sqlite_url, config, make_event, tmp_path):
+def test_a_crash_in_the_claim_loses_no_breach_and_writes_nothing(sqlite_url, config, make_event, tmp_path):
+    """Breaches are claimed before the batch's ledger write: a crash there leaves no trace; the restart reads
+    the batch again and claims them then, once."""
     path = tmp_path / "events.jsonl"
     pub = JsonlPublisher(path)
     for i in range(12):
@@ -224,20 +226,55 @@ def test_breach_lost_between_commit_and_claim_is_claimed_on_restart(sqlite_url, 
         p.start()
 
         def crash(_bs: Any) -> set[str]:
-            raise Crash("killed after the ledger commit, before the claim")
+            raise Crash("killed in the claim")
 
         p.ledger = Ledger(sqlite_url, migrate=False)
         p.ledger.claim_breaches = crash  # type: ignore[method-assign]
         with pytest.raises(Crash):
             p.run_once()
-        assert stream_events(led, "test")["events"] == 12 and rec.breaches == []
+        assert stream_events(led, "test")["events"] == 0 and rec.breaches == []
         again = _processor(led, config, path, rec)
-        res = again.start()
-        assert sorted(b.dedupe_key for b in res.breaches) == sorted(rec.breaches)
+        assert again.start().breaches == []  # nothing was recorded: nothing to re-derive
+        _drain(again)
         assert "ingest-orders-day|day:2026-10-10T00:00:00Z|actual|100" in rec.breaches
-        third = _processor(led, config, path, rec)
-        assert third.start().breaches == []
         assert len(rec.breaches) == len(set(rec.breaches))
+        assert led.totals(scope="stream:test").get("USD").amount == Decimal("120")
+
+
+def test_a_failed_batch_write_after_the_alert_alerts_once_and_counts_once(sqlite_url, config, make_event, tmp_path):
+    """The ledger write fails after the breach was claimed and alerted: the processor refuses to go on and
+    saves no state holding the unrecorded events; the next one reads the batch again, alerts nothing twice and
+    its totals (ledger and engine) are exact."""
+    path = tmp_path / "events.jsonl"
+    pub = JsonlPublisher(path)
+    for i in range(12):
+        pub.publish(make_event("10", minutes=i))
+    pub.close()
+    rec = Recorder()
+    with Ledger(sqlite_url) as led:
+        p = _processor(led, config, path, rec, max_batch=100, state_interval=0.0)
+        p.start()
+
+        def broken(_conn: Any, _rows: Any) -> None:
+            raise Crash("disk full")
+
+        p._insert_events = broken  # type: ignore[method-assign]
+        with pytest.raises(Crash):
+            p.run_once()
+        alerted = list(rec.breaches)
+        assert "ingest-orders-day|day:2026-10-10T00:00:00Z|actual|100" in alerted  # claimed and alerted at once
+        with pytest.raises(RuntimeError, match="cannot go on"):
+            p.run_once()
+        p.close()  # must not save the engine state holding the 120 the ledger does not have
+        assert _saved_states(led) == [] and stream_events(led, "test")["events"] == 0
+        again = _processor(led, config, path, rec, state_interval=0.0)
+        _drain(again)
+        assert rec.breaches == alerted  # nothing alerted twice
+        assert led.totals(scope="stream:test").get("USD").amount == Decimal("120")
+        third = _processor(led, config, path, rec)
+        third.start()
+        assert third.engine.total("ingest-orders-day", T0).amount == Decimal("120")  # not 240
+        third.close()
 
 
 def test_feed_reads_incrementally_and_filters(sqlite_url, config, make_event, tmp_path) -> None:
