@@ -110,35 +110,53 @@ def test_crash_with_some_lines_folded_refolds_only_the_rest(ledger_url, config, 
         again.close()
 
 
-def test_migration_0007_carries_folded_and_unfolded_events_over(sqlite_url, config, make_event, tmp_path) -> None:
-    _alembic(sqlite_url, command.upgrade, "0006")
-    engine = sa.create_engine(sqlite_url)
+def test_migration_0007_carries_folded_and_unfolded_events_over(ledger_url, config, make_event, tmp_path) -> None:
+    _alembic(ledger_url, command.upgrade, "0006")
+    engine = sa.create_engine(ledger_url)
     evs = [make_event("2.50", minutes=i) for i in range(6)]
+    t = T0.replace(tzinfo=None) if ledger_url.startswith("sqlite") else T0
+    old = sa.table(
+        "finops_stream_event",
+        *(sa.column(c) for c in ("event_id", "consumer", "producer", "position", "event_time", "late")),
+        *(sa.column(c) for c in ("received_at", "seq", "payload", "line_key", "folded")),
+    )
     with engine.begin() as conn:  # as the 0006 code left them: seq 1-3 folded, 4-6 not yet (it crashed)
-        for seq, ev in enumerate(evs, 1):
-            conn.execute(
-                sa.text(
-                    "INSERT INTO finops_stream_event (event_id, consumer, producer, position, event_time, late, "
-                    "received_at, seq, payload, line_key, folded) VALUES (:id, 'test', 'p', :pos, :t, 0, :t, "
-                    ":seq, :payload, 'k', :folded)"
-                ),
+        conn.execute(
+            old.insert(),
+            [
                 {
-                    "id": ev["event_id"],
-                    "pos": f"f:{seq}",
-                    "t": "2026-10-10 00:00:00.000000",
+                    "event_id": ev["event_id"],
+                    "consumer": "test",
+                    "producer": "p",
+                    "position": f"f:{seq}",
+                    "event_time": t,
+                    "late": False,
+                    "received_at": t,
                     "seq": seq,
                     "payload": encode(ev).decode(),
+                    "line_key": "k",
                     "folded": "old-fold" if seq <= 3 else None,
-                },
-            )
-        conn.execute(  # and, before 0006, an event with no seq at all
-            sa.text(
-                "INSERT INTO finops_stream_event (event_id, consumer, event_time, late, received_at, folded) "
-                "VALUES ('pre', 'test', '2026-10-09 00:00:00.000000', 0, '2026-10-09 00:00:00.000000', 'pre-0006')"
-            )
+                }
+                for seq, ev in enumerate(evs, 1)
+            ]
+            + [  # and, before 0006, an event with no seq at all
+                {
+                    "event_id": "pre",
+                    "consumer": "test",
+                    "producer": None,
+                    "position": None,
+                    "event_time": t,
+                    "late": False,
+                    "received_at": t,
+                    "seq": None,
+                    "payload": None,
+                    "line_key": None,
+                    "folded": "pre-0006",
+                }
+            ],
         )
     engine.dispose()
-    with Ledger(sqlite_url) as led:  # migrates to head
+    with Ledger(ledger_url) as led:  # migrates to head
         assert _marks(led) == {"": 3}  # just before the first unfolded event
         assert stream_events(led, "test") == {"events": 7, "unfolded": 3}
         path = tmp_path / "none.jsonl"
@@ -148,8 +166,9 @@ def test_migration_0007_carries_folded_and_unfolded_events_over(sqlite_url, conf
         assert led.totals(scope="stream:test").get("USD").amount == Decimal("7.50")
         assert stream_events(led, "test") == {"events": 7, "unfolded": 0} and _marks(led) == {"": 6}
         p.close()
-    _alembic(sqlite_url, command.downgrade, "0006")  # the fold records go back onto the events
-    engine = sa.create_engine(sqlite_url)
+    ledger_mod.dispose_engines()
+    _alembic(ledger_url, command.downgrade, "0006")  # the fold records go back onto the events
+    engine = sa.create_engine(ledger_url)
     with engine.connect() as conn:
         folded = dict(conn.execute(sa.text("SELECT seq, folded FROM finops_stream_event WHERE seq IS NOT NULL")).all())
         assert folded == {1: "old-fold", 2: "old-fold", 3: "old-fold", 4: "post-0007", 5: "post-0007", 6: "post-0007"}
