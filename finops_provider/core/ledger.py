@@ -825,8 +825,11 @@ class Ledger:
         """
         return b.dedupe_key in self.claim_breaches([b])
 
-    def claim_breaches(self, bs: Sequence[Any]) -> set[str]:
-        """:meth:`claim_breach` for several breaches in one transaction; returns the dedupe keys claimed here."""
+    def claim_breaches(self, bs: Sequence[Any], *, by: str | None = None) -> set[str]:
+        """:meth:`claim_breach` for several breaches in one transaction; returns the dedupe keys claimed here.
+
+        :param by: recorded as ``claimed_by`` (a stream processor's ``stream:<consumer>``).
+        """
         if not bs:
             return set()
         insert = self._insert()
@@ -845,6 +848,7 @@ class Ledger:
                 "forecast": b.forecast.amount if b.forecast is not None else None,
                 "actions": json.dumps(list(b.actions)),
                 "first_seen": now,
+                "claimed_by": by,
             }
             for b in {b.dedupe_key: b for b in bs}.values()  # one row per key (a multi-row INSERT needs that)
         ]

@@ -166,6 +166,9 @@ breach = sa.Table(
     sa.Column("forecast", ExactDecimal()),
     sa.Column("actions", sa.Text(), nullable=False),  # JSON list
     sa.Column("first_seen", UTCDateTime(), nullable=False),
+    # 0007: who claimed it ("stream:<consumer>" for a stream processor, which re-delivers its own claims that a
+    # crash left without a feed row; NULL: the batch engine and the callbacks)
+    sa.Column("claimed_by", sa.String(200)),
 )
 
 #: Durable outbox (issue 5): every enforcement action (alert, ticket, incident, pause) is a row here, enqueued

@@ -74,7 +74,8 @@ def refused_credentials(
     )
 
 
-def _is_retryable(exc: BaseException) -> bool:
+def is_retryable_aws(exc: BaseException) -> bool:
+    """Throttling, 5xx and connection errors of an AWS client (shared by the Cost Explorer, S3 and Redshift hooks)."""
     resp = getattr(exc, "response", None)
     if isinstance(resp, dict):
         code = resp.get("Error", {}).get("Code", "")
@@ -136,7 +137,7 @@ class AwsCostExplorerHook(AwsBaseHook):
 
         try:
             return call_with_retry(
-                once, what="Cost Explorer GetCostAndUsage", is_retryable=_is_retryable, policy=self.retry_policy
+                once, what="Cost Explorer GetCostAndUsage", is_retryable=is_retryable_aws, policy=self.retry_policy
             )
         except Exception as e:
             refused = refused_credentials(e, "Cost Explorer", self.aws_conn_id, "ce:GetCostAndUsage")

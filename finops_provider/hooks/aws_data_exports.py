@@ -32,7 +32,7 @@ from finops_provider.core.focus import BadRow, read_focus
 from finops_provider.core.money import MoneyError, to_decimal
 from finops_provider.core.records import CostRecord, RecordError, build_record
 from finops_provider.core.retry import RetryPolicy, call_with_retry
-from finops_provider.hooks.aws_cost_explorer import _is_retryable, aws_error_code, refused_credentials
+from finops_provider.hooks.aws_cost_explorer import aws_error_code, is_retryable_aws, refused_credentials
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -193,7 +193,7 @@ def s3_retryable(exc: BaseException) -> bool:
 
     if isinstance(exc, (IncompleteReadError, ResponseStreamingError, FlexibleChecksumError)):
         return True
-    return aws_error_code(exc) in _S3_RETRYABLE_CODES or _is_retryable(exc)
+    return aws_error_code(exc) in _S3_RETRYABLE_CODES or is_retryable_aws(exc)
 
 
 class AwsDataExportsHook(S3Hook):

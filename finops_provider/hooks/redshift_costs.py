@@ -50,7 +50,7 @@ from finops_provider.core.pricing import PriceNotFoundError, RateCard
 from finops_provider.core.records import CostRecord, build_record
 from finops_provider.core.retry import RetryPolicy, call_with_retry
 from finops_provider.hooks._sql import Fault, SqlSession, rate_card_for
-from finops_provider.hooks.aws_cost_explorer import _is_retryable, refused_credentials
+from finops_provider.hooks.aws_cost_explorer import is_retryable_aws, refused_credentials
 
 PLATFORM = "redshift"
 SOURCE = "redshift"
@@ -101,8 +101,8 @@ def redshift_fault(exc: BaseException) -> Fault | None:
     if isinstance(getattr(exc, "response", None), dict):  # botocore ClientError of the IAM token request
         if refused_credentials(exc, "Redshift", None, "") is not None:
             return Fault.CREDENTIALS
-        return Fault.RETRY if _is_retryable(exc) else None
-    if type(exc).__module__.startswith("botocore") and _is_retryable(exc):  # endpoint / read timeouts of AWS
+        return Fault.RETRY if is_retryable_aws(exc) else None
+    if type(exc).__module__.startswith("botocore") and is_retryable_aws(exc):  # endpoint / read timeouts of AWS
         return Fault.RETRY
     from redshift_connector import InterfaceError, OperationalError  # the amazon provider's dependency
 
@@ -179,7 +179,7 @@ class RedshiftCostHook(AwsBaseHook):
 
             try:
                 page = call_with_retry(
-                    once, what="Redshift DescribeClusters", is_retryable=_is_retryable, policy=self.retry_policy,
+                    once, what="Redshift DescribeClusters", is_retryable=is_retryable_aws, policy=self.retry_policy,
                     sleep=self.sleep,
                 )  # fmt: skip
             except Exception as e:

@@ -56,6 +56,7 @@ from finops_provider.core.anomaly import Anomaly
 from finops_provider.core.budgets import Breach
 from finops_provider.core.ledger import Ledger, RawSQL, _sqlite_time, compile_raw, execute_raw, untyped
 from finops_provider.core.records import CostRecord
+from finops_provider.core.schema import breach as breach_table
 from finops_provider.core.schema import (
     stream_checkpoint,
     stream_dead_letter,
@@ -82,11 +83,13 @@ _EVENT_COLS = tuple(c.name for c in _EVENT_W.columns)
 
 
 class StreamSink(Protocol):
-    """Where breaches and anomalies go after they are durable (and, for breaches, claimed once).
+    """Where breaches (once claimed, before their batch is written) and anomalies (once durable) go.
 
     This is how the enforcement actions (notifiers, pause, tickets) plug in: a sink that enqueues into the
     enforcement outbox, or calls a notifier. A sink that raises is logged and skipped — the feed row stays,
-    so the action can still be driven from the feed (the Airflow trigger) or retried by the outbox.
+    so the action can still be driven from the feed (the Airflow trigger) or retried by the outbox. After a
+    crash between a claim and its batch's commit the breach is delivered again (see
+    :meth:`StreamProcessor._act_breaches`): keep it once by ``dedupe_key`` (the outbox and the JSONL sink do).
     """
 
     def on_breach(self, breach: Breach) -> None: ...
@@ -224,6 +227,7 @@ class StreamProcessor:
         self._started = False
         self._failed = False  # a micro-batch failed after the engine applied it (see process)
         self._conn: sa.Connection | None = None
+        self._claimer = f"stream:{consumer}"[:200]
         self._insert = ledger._insert()
         self._sqlite = ledger.dialect == "sqlite"
         self._folder = Folder()
@@ -324,9 +328,10 @@ class StreamProcessor:
         res = BatchResult()
         breaches, anomalies = self.engine.evaluate()
         if breaches or anomalies:
+            self._act_breaches(res, breaches)  # before their feed rows: a feed row says "delivered" (see below)
             with self.ledger.engine.begin() as conn:
                 new_anomalies = self._write_feed(conn, breaches, anomalies)
-            self._act(res, breaches, new_anomalies)
+            self._act_anomalies(res, new_anomalies)
         return res
 
     # ---------------------------------------------------------------- batch
@@ -417,7 +422,14 @@ class StreamProcessor:
         self, res: BatchResult, unique: list[StreamEvent], partition_of: dict[str, str], wall: float
     ) -> tuple[list[StreamEvent], list[bool], list[Breach], list[Anomaly]]:
         """Drop events the ledger has already, apply the rest to the engine and evaluate it."""
-        fresh = self._fresh(self._connection(), unique)
+        try:
+            fresh = self._fresh(self._connection(), unique)
+        except sa.exc.DBAPIError as err:  # the kept connection died between batches (a database restart, an idle
+            if not err.connection_invalidated:  # timeout): nothing is applied yet, so reconnect once and read again
+                raise
+            log.warning("stream %s: the ledger connection was lost between batches; reconnecting", self.consumer)
+            self._conn = None
+            fresh = self._fresh(self._connection(), unique)
         res.duplicates += len(unique) - len(fresh)
         if not fresh:
             return fresh, [], [], []
@@ -783,24 +795,52 @@ class StreamProcessor:
         ]
         execute_raw(conn, self._checkpoint_sql, rows)
 
-    def _act(self, res: BatchResult, breaches: Sequence[Breach], anomalies: Iterable[Anomaly]) -> None:
-        self._act_breaches(res, breaches)
-        self._act_anomalies(res, anomalies)
-
     def _act_breaches(self, res: BatchResult, breaches: Sequence[Breach]) -> None:
-        """Claim ``breaches`` (each is acted on once, ever) and call the sinks with those claimed here."""
+        """Claim ``breaches`` and call the sinks with those claimed here, and with this consumer's own earlier
+        claims that have no feed row yet.
+
+        A breach's feed row commits with the batch, after the sinks were called: a claim of ours without one
+        means the process died between the claim and that commit, maybe before the sinks ran, so they are
+        called again (the batch was read again and derived it again). Sinks therefore see a breach at least
+        once and, but for such a crash, exactly once; they make it exactly once by ignoring a ``dedupe_key``
+        they have seen (the JSONL sink does; the outbox enqueues once per key).
+        """
         if not breaches:
             return
-        claimed = self.ledger.claim_breaches(breaches)
+        claimed = self.ledger.claim_breaches(breaches, by=self._claimer)
+        again = self._undelivered([b.dedupe_key for b in breaches if b.dedupe_key not in claimed])
         for b in breaches:
-            if b.dedupe_key not in claimed:
+            if b.dedupe_key not in claimed and b.dedupe_key not in again:
                 continue
+            if b.dedupe_key in again:
+                log.warning("stream %s: breach %s claimed before a crash: delivered again", self.consumer, b.dedupe_key)
             res.breaches.append(b)
             for s in self.sinks:
                 try:
                     s.on_breach(b)
                 except Exception:
                     log.exception("stream sink %r failed on breach %s (the feed row stays)", s, b.dedupe_key)
+
+    def _undelivered(self, keys: list[str]) -> set[str]:
+        """Of ``keys`` (claimed already), those this consumer claimed whose feed row was never written."""
+        if not keys:
+            return set()
+        with self.ledger.engine.connect() as conn:
+            ours = set(
+                conn.execute(
+                    sa.select(breach_table.c.dedupe_key).where(
+                        breach_table.c.dedupe_key.in_(keys), breach_table.c.claimed_by == self._claimer
+                    )
+                ).scalars()
+            )
+            if not ours:
+                return ours
+            fed = set(
+                conn.execute(
+                    sa.select(stream_feed.c.dedupe_key).where(stream_feed.c.dedupe_key.in_([k[:400] for k in ours]))
+                ).scalars()
+            )
+        return {k for k in ours if k[:400] not in fed}
 
     def _act_anomalies(self, res: BatchResult, anomalies: Iterable[Anomaly]) -> None:
         for a in anomalies:

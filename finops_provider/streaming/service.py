@@ -31,13 +31,33 @@ from finops_provider.streaming.runner import (
 
 
 class JsonlSink:
-    """Appends each breach / anomaly as one JSON line (fsync'd) — an audit trail or a hand-off to other tools."""
+    """Appends each breach / anomaly as one JSON line (fsync'd) — an audit trail or a hand-off to other tools.
+
+    Once per ``dedupe_key``: a breach delivered again after a crash (see ``StreamProcessor._act_breaches``) is
+    not written twice (the keys already in the file are read on the first write).
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._seen: set[str] | None = None
+
+    def _written(self) -> set[str]:
+        if self._seen is None:
+            self._seen = set()
+            if self.path.exists():
+                for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                    try:
+                        self._seen.add(str(json.loads(line)["dedupe_key"]))
+                    except (ValueError, KeyError, TypeError):  # a line torn by a crash mid-write
+                        continue
+        return self._seen
 
     def _write(self, kind: str, data: dict[str, Any]) -> None:
+        key = str(data.get("dedupe_key", ""))
+        seen = self._written()
+        if key and key in seen:
+            return
         line = json.dumps({"kind": kind, **data}, default=str) + "\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
@@ -45,6 +65,8 @@ class JsonlSink:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if key:
+            seen.add(key)
 
     def on_breach(self, breach: Breach) -> None:
         self._write("breach", breach.to_json())

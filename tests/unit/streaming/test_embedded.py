@@ -26,6 +26,7 @@ from finops_provider.streaming.engine import StreamEngine
 from finops_provider.streaming.events import DeadLetter, EventDecoder
 from finops_provider.streaming.feed import consumer_status, current_totals, dead_letters, read_feed, stream_events
 from finops_provider.streaming.runner import CallbackSink, StreamProcessor
+from finops_provider.streaming.service import JsonlSink
 from finops_provider.streaming.sources import JsonlPublisher, JsonlSource, parse_source
 from tests.unit.streaming.conftest import CONFIG, T0
 
@@ -46,7 +47,7 @@ def _processor(ledger: Ledger, config: Any, path: Path, rec: Recorder, **kw: Any
         StreamEngine.from_config(config, allowed_lateness=dt.timedelta(hours=1)),
         decoder=EventDecoder(config, clock=lambda: T0 + dt.timedelta(days=365)),
         consumer="test",
-        sinks=[rec.sink()],
+        sinks=[rec.sink(), *kw.pop("sinks", ())],
         max_batch=kw.pop("max_batch", 25),
         poll_timeout=0.01,
         **kw,
@@ -212,20 +213,25 @@ def test_two_processors_under_one_consumer_name_never_fold_twice(sqlite_url, con
         assert led.totals(scope="stream:test").get("USD").amount == 20
 
 
-def test_a_crash_in_the_claim_loses_no_breach_and_writes_nothing(sqlite_url, config, make_event, tmp_path):
-    """Breaches are claimed before the batch's ledger write: a crash there leaves no trace; the restart reads
-    the batch again and claims them then, once."""
+def _twelve_tens(tmp_path: Path, make_event: Any) -> Path:
     path = tmp_path / "events.jsonl"
     pub = JsonlPublisher(path)
     for i in range(12):
         pub.publish(make_event("10", minutes=i))
     pub.close()
+    return path
+
+
+def test_a_crash_in_the_claim_loses_no_breach_and_writes_nothing(sqlite_url, config, make_event, tmp_path):
+    """Breaches are claimed before the batch's ledger write: a crash there leaves no trace; the restart reads
+    the batch again and claims them then, once."""
+    path = _twelve_tens(tmp_path, make_event)  # 120 USD: crosses ingest-orders-day (100 a day)
     rec = Recorder()
     with Ledger(sqlite_url) as led:
         p = _processor(led, config, path, rec, max_batch=100)
         p.start()
 
-        def crash(_bs: Any) -> set[str]:
+        def crash(_bs: Any, **_kw: Any) -> set[str]:
             raise Crash("killed in the claim")
 
         p.ledger = Ledger(sqlite_url, migrate=False)
@@ -241,18 +247,49 @@ def test_a_crash_in_the_claim_loses_no_breach_and_writes_nothing(sqlite_url, con
         assert led.totals(scope="stream:test").get("USD").amount == Decimal("120")
 
 
+def _jsonl_keys(path: Path) -> list[str]:
+    return [json.loads(line)["dedupe_key"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_crash_between_the_claim_and_the_sinks_still_alerts_once(sqlite_url, config, make_event, tmp_path):
+    """Killed right after the claim commits, before any sink ran: the restart reads the batch again, finds its own
+    claim without a feed row and delivers it then (it is not lost), once."""
+    path = _twelve_tens(tmp_path, make_event)
+    rec, alerts = Recorder(), tmp_path / "alerts.jsonl"
+    key = "ingest-orders-day|day:2026-10-10T00:00:00Z|actual|100"
+    with Ledger(sqlite_url) as led:
+        p = _processor(led, config, path, rec, max_batch=100, sinks=[JsonlSink(alerts)])
+        p.start()
+        real = p.ledger.claim_breaches
+
+        def claim_then_die(bs: Any, **kw: Any) -> set[str]:
+            real(bs, **kw)
+            raise Crash("killed after the claim committed")
+
+        p.ledger = Ledger(sqlite_url, migrate=False)
+        p.ledger.claim_breaches = claim_then_die  # type: ignore[method-assign]
+        with pytest.raises(Crash):
+            p.run_once()
+        assert rec.breaches == [] and _jsonl_keys(alerts) == []
+        with led.engine.connect() as conn:
+            assert key in set(conn.execute(sa.select(breach_table.c.dedupe_key)).scalars())
+        again = _processor(led, config, path, rec, sinks=[JsonlSink(alerts)])
+        _drain(again)
+        assert rec.breaches.count(key) == 1 and _jsonl_keys(alerts).count(key) == 1
+        third = _processor(led, config, path, rec, sinks=[JsonlSink(alerts)])
+        _drain(third)  # nothing new: a breach with its feed row is not delivered again
+        assert rec.breaches.count(key) == 1
+
+
 def test_a_failed_batch_write_after_the_alert_alerts_once_and_counts_once(sqlite_url, config, make_event, tmp_path):
     """The ledger write fails after the breach was claimed and alerted: the processor refuses to go on and
-    saves no state holding the unrecorded events; the next one reads the batch again, alerts nothing twice and
-    its totals (ledger and engine) are exact."""
-    path = tmp_path / "events.jsonl"
-    pub = JsonlPublisher(path)
-    for i in range(12):
-        pub.publish(make_event("10", minutes=i))
-    pub.close()
-    rec = Recorder()
+    saves no state holding the unrecorded events; the next one reads the batch again and delivers its claim
+    again (it cannot know the sinks ran): the JSONL sink keeps it once. Totals (ledger and engine) are exact."""
+    path = _twelve_tens(tmp_path, make_event)
+    rec, alerts = Recorder(), tmp_path / "alerts.jsonl"
+    key = "ingest-orders-day|day:2026-10-10T00:00:00Z|actual|100"
     with Ledger(sqlite_url) as led:
-        p = _processor(led, config, path, rec, max_batch=100, state_interval=0.0)
+        p = _processor(led, config, path, rec, max_batch=100, state_interval=0.0, sinks=[JsonlSink(alerts)])
         p.start()
 
         def broken(_conn: Any, _rows: Any) -> None:
@@ -261,21 +298,20 @@ def test_a_failed_batch_write_after_the_alert_alerts_once_and_counts_once(sqlite
         p._insert_events = broken  # type: ignore[method-assign]
         with pytest.raises(Crash):
             p.run_once()
-        alerted = list(rec.breaches)
-        assert "ingest-orders-day|day:2026-10-10T00:00:00Z|actual|100" in alerted  # claimed and alerted at once
+        assert key in rec.breaches and key in _jsonl_keys(alerts)  # claimed and alerted at once
         with pytest.raises(RuntimeError, match="cannot go on"):
             p.run_once()
         p.close()  # must not save the engine state holding the 120 the ledger does not have
         assert _saved_states(led) == [] and stream_events(led, "test")["events"] == 0
-        again = _processor(led, config, path, rec, state_interval=0.0)
+        again = _processor(led, config, path, rec, state_interval=0.0, sinks=[JsonlSink(alerts)])
         _drain(again)
-        assert rec.breaches == alerted  # nothing alerted twice
+        assert rec.breaches.count(key) == 2  # at least once: delivered again, as it had no feed row
+        assert sorted(_jsonl_keys(alerts)) == sorted(set(_jsonl_keys(alerts)))  # ... and kept once
         assert led.totals(scope="stream:test").get("USD").amount == Decimal("120")
         third = _processor(led, config, path, rec)
         third.start()
         assert third.engine.total("ingest-orders-day", T0).amount == Decimal("120")  # not 240
         third.close()
-
 
 def test_feed_reads_incrementally_and_filters(sqlite_url, config, make_event, tmp_path) -> None:
     path = tmp_path / "events.jsonl"
@@ -432,3 +468,28 @@ def _record(config: Any, event: dict[str, Any]) -> Any:
     decoded = EventDecoder(config, max_future=None).decode(json.dumps(event).encode())
     assert not isinstance(decoded, DeadLetter)
     return decoded.record
+
+
+def test_a_lost_ledger_connection_between_batches_is_reconnected(postgres_url, config, make_event, tmp_path) -> None:
+    """The processor keeps one connection; PostgreSQL dropping it between batches (a restart, an idle timeout)
+    costs a reconnect, not the stream."""
+    path = tmp_path / "events.jsonl"
+    pub = JsonlPublisher(path)
+    for i in range(20):
+        pub.publish(make_event("1.25", minutes=i))
+    pub.close()
+    rec = Recorder()
+    with Ledger(postgres_url) as led:
+        p = _processor(led, config, path, rec, max_batch=10)
+        p.start()
+        assert p.run_once().messages == 10
+        pid = p._connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        p._connection().rollback()
+        with led.engine.connect() as admin:  # another session of the same server ends the processor's session
+            assert admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar() is True
+        assert p.run_once().messages == 10
+        assert p._connection().exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+        p._connection().rollback()
+        p.close()
+        assert led.totals(scope="stream:test").get("USD").amount == Decimal("25.00")
+        assert stream_events(led, "test") == {"events": 20, "unfolded": 0}

@@ -6,6 +6,9 @@ folded) with a low watermark per consumer (line key ``''``); the index is droppe
 watermark is set just before each consumer's first unfolded event, so the events folded so far stay folded
 (their ``folded`` column is kept) and the unfolded ones are folded by the next start.
 
+``finops_breach.claimed_by`` records who claimed a breach: a stream processor claims before its batch is
+written and re-delivers its own claims that a crash left without a feed row.
+
 Revision ID: 0007
 Revises: 0006
 """
@@ -53,9 +56,13 @@ def upgrade() -> None:
     if marks:
         op.bulk_insert(fold, marks)
     op.drop_index("ix_finops_stream_event_unfolded", table_name="finops_stream_event")
+    with op.batch_alter_table("finops_breach") as t:
+        t.add_column(sa.Column("claimed_by", sa.String(200)))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("finops_breach") as t:
+        t.drop_column("claimed_by")
     op.execute(
         "UPDATE finops_stream_event SET folded = 'post-0007' WHERE folded IS NULL AND EXISTS (SELECT 1 FROM "
         "finops_stream_fold f WHERE f.consumer = finops_stream_event.consumer AND (f.line_key = '' OR "
