@@ -187,6 +187,8 @@ class StreamProcessor:
     :param state_interval: seconds within which a changed engine state is saved (a share of the changed states
         is saved with every batch; each batch's events are durable anyway, and after a crash the events not yet
         in saved states are replayed from the ledger).
+    :param state_min_gap: seconds at least between two such saves (small batches at a high rate then save
+        their states together, in fewer statements); 0: every batch.
     """
 
     def __init__(
@@ -204,6 +206,7 @@ class StreamProcessor:
         fold_interval: float = 30.0,
         fold_chunk: int = 500,
         state_interval: float = 15.0,
+        state_min_gap: float = 0.05,
     ) -> None:
         self.ledger = ledger
         self.source = source
@@ -220,6 +223,7 @@ class StreamProcessor:
         self.fold_chunk = fold_chunk
         self._last_fold = time.monotonic()
         self.state_interval = state_interval
+        self.state_min_gap = state_min_gap
         self.metrics = StreamMetrics()
         self._seq = 0  # the last event seq recorded for this consumer
         self._last_state = time.monotonic()
@@ -528,9 +532,12 @@ class StreamProcessor:
     def _state_share(self, wall: float) -> int:
         """Changed states this batch saves: so many that each is saved about once per interval (after a long
         pause at most a tenth of them, or _STATE_CHUNK, so no batch stalls saving all at once)."""
+        elapsed = wall - self._last_state
+        if 0 < elapsed < self.state_min_gap and self.state_interval > 0:
+            return 0  # saved a moment ago: the next batch saves the share of both (fewer, larger statements)
         dirty = self.engine.dirty_count()
         cap = dirty if self.state_interval <= 0 else max(_STATE_CHUNK, dirty // 10)
-        return rate_share(dirty, wall - self._last_state, self.state_interval, cap)
+        return rate_share(dirty, elapsed, self.state_interval, cap)
 
     # ------------------------------------------------------------------ fold
     def _fold(self, conn: sa.Connection, groups: list[GroupKey], last_seq: int) -> int:

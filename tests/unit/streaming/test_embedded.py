@@ -178,6 +178,7 @@ def test_snapshot_plus_replay_restores_the_running_totals(sqlite_url, config, ma
         for _ in range(12):
             p.run_once()
         p.state_interval = later_interval
+        p.state_min_gap = 0.0  # a share with every batch, however fast they come
         for _ in range(12):
             p.run_once()
         live = _running(p)
@@ -493,3 +494,21 @@ def test_a_lost_ledger_connection_between_batches_is_reconnected(postgres_url, c
         p.close()
         assert led.totals(scope="stream:test").get("USD").amount == Decimal("25.00")
         assert stream_events(led, "test") == {"events": 20, "unfolded": 0}
+
+
+def test_state_saves_are_at_least_state_min_gap_apart(sqlite_url, config, make_event, tmp_path) -> None:
+    path = tmp_path / "events.jsonl"
+    pub = JsonlPublisher(path)
+    for i in range(30):
+        pub.publish(make_event("1", minutes=i, dag_id=f"ingest_d{i}"))
+    pub.close()
+    with Ledger(sqlite_url) as led:
+        p = _processor(led, config, path, Recorder(), max_batch=30, state_interval=15.0, state_min_gap=0.5)
+        p.start()
+        p.run_once()
+        assert p.engine.dirty_count() > 0
+        assert p._state_share(p._last_state + 0.1) == 0  # saved a moment ago: wait for the gap
+        assert p._state_share(p._last_state + 0.6) >= 1  # then the share of the whole time since
+        p.state_min_gap = 0.0
+        assert p._state_share(p._last_state + 0.1) >= 1
+        p.close()
