@@ -45,6 +45,13 @@ def to_decimal(value: Any, *, field_name: str = "amount") -> Decimal:
     :param field_name: named in the error message.
     :raises MoneyError: for empty, non-numeric, NaN or infinite values.
     """
+    if type(value) is str:  # the common case first (Decimal() ignores the surrounding whitespace strip() would drop)
+        try:
+            d = Decimal(value)
+        except InvalidOperation:
+            d = None  # the general path below names the problem
+        if d is not None and d.is_finite():
+            return d
     if isinstance(value, Decimal):
         d = value
     elif isinstance(value, bool):
@@ -70,6 +77,8 @@ def to_decimal(value: Any, *, field_name: str = "amount") -> Decimal:
 
 def check_currency(code: str, *, field_name: str = "currency", extra: Iterable[str] = ()) -> str:
     """Return the upper-cased ISO-4217 code or raise :class:`MoneyError` naming the field."""
+    if type(code) is str and code in ISO_4217:  # the common case: already a code
+        return code
     if not isinstance(code, str) or not code.strip():
         raise MoneyError(f"{field_name}: missing currency; give an ISO-4217 code such as USD")
     c = code.strip().upper()

@@ -279,12 +279,13 @@ def check_magnitude(value: Decimal, field_name: str) -> None:
     if value and value.adjusted() >= MAX_INT_DIGITS:
         raise RecordError(field_name, f"{value:.6E} is out of range (10^{MAX_INT_DIGITS} or more); check the export")
     _, digits, exp = value.as_tuple()
-    if isinstance(exp, int):  # exact decimal places: drop trailing zeros without rounding (no normalize())
-        n = len(digits)
-        while n > 1 and digits[n - 1] == 0:
-            n -= 1
-        exp += len(digits) - n
-    if value and isinstance(exp, int) and exp < -MAX_SCALE:
+    if not isinstance(exp, int) or exp >= -MAX_SCALE:  # few enough places even before trailing zeros are dropped
+        return
+    n = len(digits)  # exact decimal places: drop trailing zeros without rounding (no normalize())
+    while n > 1 and digits[n - 1] == 0:
+        n -= 1
+    exp += len(digits) - n
+    if value and exp < -MAX_SCALE:
         raise RecordError(
             field_name, f"{value} has more than {MAX_SCALE} decimal places; round it at the source or check the export"
         )
@@ -295,6 +296,13 @@ MAX_TEXT = 4096
 
 def parse_time(value: Any, field_name: str) -> dt.datetime:
     """Parse a FOCUS timestamp to tz-aware UTC. Naive values are UTC (as FOCUS exports write them)."""
+    if type(value) is str and len(value) in (20, 27) and value[10] == "T" and value[-1] == "Z":
+        try:  # the canonical form YYYY-MM-DDTHH:MM:SS[.ffffff]Z: tzinfo is datetime.UTC itself, nothing to convert
+            d = dt.datetime.fromisoformat(value)
+        except ValueError:
+            d = None  # the general path below names the problem
+        if d is not None and d.tzinfo is dt.UTC:
+            return d
     if isinstance(value, dt.datetime):
         d = value
     elif isinstance(value, dt.date):

@@ -41,18 +41,9 @@ import msgspec
 
 from finops_provider.core.allocation import Attributor
 from finops_provider.core.config import FinOpsConfig
-from finops_provider.core.money import ISO_4217, MoneyError, check_currency, to_decimal
+from finops_provider.core.money import MoneyError, check_currency, to_decimal
 from finops_provider.core.pricing import PriceNotFoundError, RateCard
-from finops_provider.core.records import (
-    MAX_INT_DIGITS,
-    MAX_SCALE,
-    MAX_TAGS,
-    CostRecord,
-    RecordError,
-    check_magnitude,
-    is_utf8,
-    parse_time,
-)
+from finops_provider.core.records import MAX_TAGS, CostRecord, RecordError, check_magnitude, is_utf8, parse_time
 
 SCHEMA_VERSION = 1
 #: messages larger than this are dead-lettered unread
@@ -113,6 +104,8 @@ def _no_constant(name: str) -> Any:
 
 def _text(obj: Mapping[str, Any], key: str, *, required: bool = False, limit: int = _MAX_TEXT) -> str | None:
     v = obj.get(key)
+    if type(v) is str and 0 < len(v) <= limit and v.isascii():  # the common case: short ASCII text
+        return v
     if v is None or v == "":
         if required:
             raise _Bad(key, f"missing; give {key} as a non-empty string")
@@ -133,40 +126,6 @@ def _dec(v: Any, field: str) -> Decimal:
     except (MoneyError, RecordError) as e:
         raise _Bad(field, str(e).split(": ", 1)[-1]) from None
     return d
-
-
-def _fast_text(obj: Mapping[str, Any], key: str, *, required: bool = False, limit: int = _MAX_TEXT) -> str | None:
-    """:func:`_text` with the common case (short ASCII text) inline."""
-    v = obj.get(key)
-    if type(v) is str and 0 < len(v) <= limit and v.isascii():
-        return v
-    return _text(obj, key, required=required, limit=limit)
-
-
-def _fast_dec(v: Any, field: str) -> Decimal:
-    """:func:`_dec` with the common case (a decimal string in range) inline; anything else goes to :func:`_dec`."""
-    if type(v) is str:
-        try:
-            d = Decimal(v)  # what to_decimal does with a string (it strips; Decimal() ignores the same whitespace)
-        except ArithmeticError:
-            return _dec(v, field)
-        if d.is_finite():
-            exp = d.as_tuple().exponent
-            if type(exp) is int and exp >= -MAX_SCALE and (not d or d.adjusted() < MAX_INT_DIGITS):
-                return d  # within check_magnitude's limits without dropping trailing zeros
-    return _dec(v, field)
-
-
-def _fast_time(v: Any, field: str) -> dt.datetime:
-    """:func:`_time` with the canonical form (``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``) inline: the same instant in UTC."""
-    if type(v) is str and len(v) in (20, 27) and v[10] == "T" and v[-1] == "Z":
-        try:
-            d = dt.datetime.fromisoformat(v)  # "Z": tzinfo is datetime.UTC itself
-        except ValueError:
-            return _time(v, field)
-        if d.tzinfo is dt.UTC:
-            return d
-    return _time(v, field)
 
 
 def _time(v: Any, field: str) -> dt.datetime:
@@ -267,10 +226,10 @@ class EventDecoder:
                 "schema_version",
                 f"{ver!r} is not supported (this consumer reads {SCHEMA_VERSION}); upgrade the consumer",
             )
-        event_id = _fast_text(data, "event_id", required=True, limit=_MAX_ID)
-        _fast_text(data, "source", required=True, limit=200)
-        start = _fast_time(data.get("event_time"), "event_time")
-        end = _fast_time(data["end_time"], "end_time") if data.get("end_time") is not None else start
+        event_id = _text(data, "event_id", required=True, limit=_MAX_ID)
+        _text(data, "source", required=True, limit=200)
+        start = _time(data.get("event_time"), "event_time")
+        end = _time(data["end_time"], "end_time") if data.get("end_time") is not None else start
         if end < start:
             raise _Bad("end_time", "is before event_time; swap them")
         if self.max_future is not None and start > self.clock() + self.max_future:
@@ -281,13 +240,10 @@ class EventDecoder:
         attribution = data.get("attribution") or {}
         if not isinstance(attribution, dict):
             raise _Bad("attribution", "must be a JSON object")
-        attrs: dict[str, str | None] = {}
-        for a in _ATTRIBUTION:  # the common case inline (short ASCII text); anything else is checked by _text
-            v = attribution.get(a)
-            attrs[a] = v if type(v) is str and 0 < len(v) <= _MAX_TEXT and v.isascii() else _text(attribution, a)
+        attrs = {a: _text(attribution, a) for a in _ATTRIBUTION}
         tags = _tags(attribution.get("tags"))
-        platform = _fast_text(data, "platform")
-        service = _fast_text(data, "service")
+        platform = _text(data, "platform")
+        service = _text(data, "service")
         cost, usage = data.get("cost"), data.get("usage")
         quantity = unit = sku = region = None
         unit_price: Decimal | None = None
@@ -301,13 +257,11 @@ class EventDecoder:
                 raise _Bad("cost", "must be a JSON object {amount, currency}")
             if cost.get("amount") is None:
                 raise _Bad("cost.amount", "missing; give the amount as a decimal string such as 12.50")
-            amount = _fast_dec(cost["amount"], "cost.amount")
-            currency = cost.get("currency")
-            if type(currency) is not str or currency not in ISO_4217:  # else: an upper-case code, as check_currency
-                try:  # returns it
-                    currency = check_currency(currency or "", field_name="cost.currency")
-                except MoneyError as e:
-                    raise _Bad("cost.currency", str(e).split(": ", 1)[-1]) from None
+            amount = _dec(cost["amount"], "cost.amount")
+            try:
+                currency = check_currency(cost.get("currency") or "", field_name="cost.currency")
+            except MoneyError as e:
+                raise _Bad("cost.currency", str(e).split(": ", 1)[-1]) from None
         elif usage is not None:
             if quantity is None or not unit or not sku:
                 raise _Bad("usage", "usage needs quantity, unit and sku to be priced")

@@ -368,9 +368,14 @@ class StreamProcessor:
             with self.ledger.engine.begin() as conn:
                 self._fold(conn, due, self._seq)
         except BaseException:
-            self._folder.clear()  # rolled back: rebuild pending groups from the ledger
-            self._refold = True
+            self._forget_pending()
             raise
+
+    def _forget_pending(self) -> None:
+        """A transaction with folds rolled back: the pending groups are rebuilt from the ledger before the next
+        batch (:meth:`_recover_unfolded`)."""
+        self._folder.clear()
+        self._refold = True
 
     def process(self, msgs: Sequence[Message]) -> BatchResult:
         """Apply one micro-batch exactly once (see the module docstring for the order of effects)."""
@@ -414,8 +419,7 @@ class StreamProcessor:
             # the engine holds this batch's events but the ledger does not: this processor must not go on (its
             # source would skip the batch) nor save that state; a new one resumes from the ledger and re-reads them
             self._failed = True
-            self._folder.clear()
-            self._refold = True
+            self._forget_pending()
             raise
         self._act_anomalies(res, new_anomalies)
         self.source.commit(positions)
@@ -914,8 +918,7 @@ class StreamProcessor:
                     self._write_state(conn, dt.datetime.now(dt.UTC), self._seq)
         except Exception:
             log.exception("stream %s: final fold failed; the next start folds these events", self.consumer)
-            self._folder.clear()
-            self._refold = True
+            self._forget_pending()
         finally:
             if self._conn is not None:
                 self._conn.close()

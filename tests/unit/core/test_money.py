@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -234,3 +235,33 @@ def test_money_bag_never_mixes_currencies(items: list[tuple[Decimal, str]]) -> N
     for cur in bag.currencies:
         assert Fraction(bag.get(cur).amount) == sum(Fraction(a) for a, c in items if c == cur)
         assert bag.get(cur).currency == cur
+
+
+def _decimal_rule(text: str) -> Any:
+    """The general rule for text: stripped, parsed by Decimal, finite; else refused."""
+    from decimal import InvalidOperation
+
+    t = text.strip()
+    try:
+        d = Decimal(t) if t else None
+    except InvalidOperation:
+        d = None
+    return ("ok", d, str(d)) if d is not None and d.is_finite() else ("refused",)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.one_of(
+        st.decimals(allow_nan=True, allow_infinity=True).map(str),
+        st.from_regex(r"\s?-?[0-9_]{0,26}(\.[0-9]{0,20})?([eE][-+]?[0-9]{1,3})?\s?", fullmatch=True),
+        st.sampled_from(["", " ", "NaN", "sNaN", "-Infinity", "1_000", "١٢٣", "\u00a012\u00a0", "1e999999999"]),
+        st.text(max_size=12),
+    )
+)
+def test_to_decimal_fast_branch_follows_the_rule_for_text(text: str) -> None:
+    try:
+        d = to_decimal(text)
+        got: Any = ("ok", d, str(d))
+    except MoneyError:
+        got = ("refused",)
+    assert got == _decimal_rule(text)

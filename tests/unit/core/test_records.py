@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from finops_provider.core.money import Money
 from finops_provider.core.records import (
     COLUMN_BY_FOCUS,
     COLUMNS,
+    MAX_INT_DIGITS,
+    MAX_SCALE,
     CostRecord,
     RecordError,
     build_record,
@@ -224,3 +229,69 @@ def test_build_record_rejects_bad_cross_field_values() -> None:
 def test_unknown_cost_basis_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown cost basis 'net'"):
         record_from_mapping(_row()).cost("net")
+
+
+# ------------------------------------------------- the fast branches of parse_time / check_magnitude vs the rules
+def _outcome(fn: Any, *args: Any) -> Any:
+    try:
+        v = fn(*args)
+    except RecordError:
+        return ("error",)  # the fast branches never raise: an error always comes from the general path
+    return ("ok", v, getattr(v, "tzinfo", None) is UTC)
+
+
+def _iso_rule(value: Any, field_name: str) -> dt.datetime:
+    """The general rule: strip, "Z" = +00:00, ISO 8601, naive = UTC, converted to UTC."""
+    if not isinstance(value, str):
+        return parse_time(value, field_name)  # non-strings never take the fast branch
+    text = value.strip()
+    text = text[:-1] + "+00:00" if text.endswith("Z") else text
+    try:
+        d = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise RecordError(field_name, "not a timestamp") from None
+    return d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC)
+
+
+_TIMES = st.one_of(
+    st.datetimes(timezones=st.just(UTC)).map(lambda t: t.isoformat().replace("+00:00", "Z")),
+    st.datetimes().map(lambda t: t.isoformat() + "Z"),
+    st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,7})?Z?", fullmatch=True),
+    st.sampled_from(["2026-10-10T00:00:00Z", "2026-10-10T24:00:00Z", "2026-02-30T00:00:00Z", "2026-10-10Z",
+                     "2026-10-10T00:00:00+00:00", "2026-10-10t00:00:00Z", " 2026-10-10T00:00:00Z",
+                     "2026-10-10T00:00:00.123456Z", "2026-10-10T00:00+05:00:00.0Z"]),
+    st.text(max_size=30),
+)  # fmt: skip
+
+
+@settings(max_examples=600, deadline=None)
+@given(_TIMES)
+def test_parse_time_fast_branch_follows_the_iso_rule(v: str) -> None:
+    """Canonical ``...Z`` strings skip the general path: same instant, same ``datetime.UTC`` tzinfo, same errors."""
+    assert _outcome(parse_time, v, "t") == _outcome(_iso_rule, v, "t")
+
+
+def _places_rule(value: Decimal) -> bool:
+    """True when ``value`` fits: under 10^MAX_INT_DIGITS, at most MAX_SCALE places once trailing zeros go."""
+    if not value.is_finite() or not value:
+        return True
+    _, digits, exp = value.as_tuple()
+    assert isinstance(exp, int)
+    zeros, stripped = 0, list(digits)
+    while len(stripped) > 1 and stripped[-1] == 0:
+        stripped.pop()
+        zeros += 1
+    return value.adjusted() < MAX_INT_DIGITS and exp + zeros >= -MAX_SCALE
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    st.one_of(
+        st.decimals(allow_nan=False, allow_infinity=False),
+        st.from_regex(r"-?[0-9]{1,26}(\.[0-9]{0,22})?(E[-+]?[0-9]{1,2})?", fullmatch=True).map(Decimal),
+        st.sampled_from(["1e22", "1e21", "0.00000000000000001", "1.0000000000000000000", "0E-30", "-0"]).map(Decimal),
+    )
+)
+def test_check_magnitude_fast_exit_follows_the_rule(value: Decimal) -> None:
+    ok = _outcome(check_magnitude, value, "x")[0] == "ok"
+    assert ok == _places_rule(value)
