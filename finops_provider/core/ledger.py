@@ -825,10 +825,15 @@ class Ledger:
         """
         return b.dedupe_key in self.claim_breaches([b])
 
-    def claim_breaches(self, bs: Sequence[Any], *, by: str | None = None) -> set[str]:
+    def claim_breaches(
+        self, bs: Sequence[Any], *, by: str | None = None, connection: sa.Connection | None = None
+    ) -> set[str]:
         """:meth:`claim_breach` for several breaches in one transaction; returns the dedupe keys claimed here.
 
         :param by: recorded as ``claimed_by`` (a stream processor's ``stream:<consumer>``).
+        :param connection: claim through this connection (not in a transaction; its own transaction commits
+            here), e.g. a stream processor's kept one: on SQLite a write through another connection makes it
+            drop its page cache.
         """
         if not bs:
             return set()
@@ -860,6 +865,10 @@ class Ledger:
             stmt = self._claim_stmt = (
                 insert(breach).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(breach.c.dedupe_key)
             )
+        if connection is not None:
+            with connection.begin():
+                claimed.update(connection.execute(stmt, rows).scalars())
+            return claimed
         with self.engine.begin() as conn:
             claimed.update(conn.execute(stmt, rows).scalars())
         return claimed

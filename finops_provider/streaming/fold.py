@@ -76,9 +76,12 @@ def _hour(t: dt.datetime) -> dt.datetime:
 
 def group_key(rec: CostRecord) -> GroupKey:
     """The cost line an event folds into: its attribution, currency, category and the hour of its time."""
-    hour = _hour(rec.charge_period_start)
-    tags = json.dumps(rec.tags, sort_keys=True, ensure_ascii=False) if rec.tags else ""
-    return hour, _KEY_GET(rec), tags
+    return (_hour(rec.charge_period_start), *group_part(rec))  # type: ignore[return-value]
+
+
+def group_part(rec: CostRecord) -> tuple[tuple[Any, ...], str]:
+    """:func:`group_key` apart from the hour (the stream decoder keeps it per template of events)."""
+    return _KEY_GET(rec), json.dumps(rec.tags, sort_keys=True, ensure_ascii=False) if rec.tags else ""
 
 
 def line_key(key: GroupKey) -> str:
@@ -125,15 +128,25 @@ class Folder:
         """Count ``rec`` (the event with ``seq``) in its group; returns the group's :func:`line_key`."""
         return self.add_many((rec,), (seq,), time.monotonic() if now is None else now)[0]
 
-    def add_many(self, records: Iterable[CostRecord], seqs: Iterable[int], now: float) -> list[str]:
+    def add_many(
+        self,
+        records: Iterable[CostRecord],
+        seqs: Iterable[int],
+        now: float,
+        parts: Iterable[tuple[Any, ...] | None] | None = None,
+    ) -> list[str]:
         """Count each record in its group (one exact-arithmetic context for all); their :func:`line_key` s.
-        ``seqs`` are the events' ``seq``, increasing (a group folds its pending events in seq order)."""
+        ``seqs`` are the events' ``seq``, increasing (a group folds its pending events in seq order); ``parts``
+        their :func:`group_part` where known (``None``: computed here)."""
         out: list[str] = []
         append = out.append
         groups = self._groups
+        if parts is None:
+            records = list(records)
+            parts = [None] * len(records)
         with localcontext(MONEY_CONTEXT):
-            for rec, seq in zip(records, seqs, strict=True):
-                key = group_key(rec)
+            for rec, seq, part in zip(records, seqs, parts, strict=True):
+                key = group_key(rec) if part is None else (_hour(rec.charge_period_start), *part)
                 g = groups.get(key)
                 self.events += 1
                 if g is None:

@@ -106,9 +106,8 @@ class KafkaSource:
                 log.warning("kafka: %s", err)
                 continue
             _ts_type, ts = m.timestamp()
-            out.append(
-                Message(m.value() or b"", f"{m.topic()}:{m.partition()}", m.offset(), m.offset() + 1, ts or None)
-            )
+            offset = m.offset()
+            out.append(Message(m.value() or b"", f"{m.topic()}:{m.partition()}", offset, offset + 1, ts or None))
         return out
 
     def commit(self, positions: Mapping[str, int], *, wait: bool = False) -> None:

@@ -384,37 +384,36 @@ class StreamProcessor:
         now = dt.datetime.now(dt.UTC)
         if self._refold:
             self._recover_unfolded()
-        events: list[StreamEvent] = []
         positions: dict[str, int] = {}
-        partition_of: dict[str, str] = {}
-        raw_of: dict[str, bytes] = {}
+        unique: list[StreamEvent] = []  # the first of each event id in the batch
+        parts: list[str] = []  # the partition of each
+        seen: set[str] = set()
+        decode = self.decoder.decode
         wall = time.monotonic()
         for m in msgs:
-            positions[m.partition] = max(positions.get(m.partition, 0), m.next_position)
-            d = self.decoder.decode(m.value, m.position_key)
-            if isinstance(d, DeadLetter):
+            part = m.partition
+            if m.next_position > positions.get(part, 0):
+                positions[part] = m.next_position
+            d = decode(m.value, m.position_key)
+            if type(d) is DeadLetter:
                 res.dead_letters.append(d)
-            else:
-                events.append(d)
-                partition_of.setdefault(d.event_id, m.partition)
-                raw_of.setdefault(d.event_id, m.value)
+                continue
+            eid = d.event_id  # type: ignore[union-attr]
+            if eid in seen:
+                res.duplicates += 1
+                continue
+            seen.add(eid)
+            unique.append(d)  # type: ignore[arg-type]
+            parts.append(part)
         for part in positions:
             self._seen[part] = wall
         for part in self.source.partitions():  # assigned but silent so far: holds the watermark until idle
             self._seen.setdefault(part, wall)
-        seen: set[str] = set()
-        unique: list[StreamEvent] = []
-        for e in events:
-            if e.event_id in seen:
-                res.duplicates += 1
-            else:
-                seen.add(e.event_id)
-                unique.append(e)
         lag = self.source.lag()
         try:
-            fresh, late, breaches, anomalies = self._apply(res, unique, partition_of, wall)
+            fresh, late, breaches, anomalies = self._apply(res, unique, parts, wall)
             self._act_breaches(res, breaches)  # as soon as the engine sees them: before the batch's ledger write
-            new_anomalies = self._commit_batch(res, fresh, late, positions, raw_of, lag, now, wall, breaches, anomalies)
+            new_anomalies = self._commit_batch(res, fresh, late, positions, lag, now, wall, breaches, anomalies)
         except BaseException:
             # the engine holds this batch's events but the ledger does not: this processor must not go on (its
             # source would skip the batch) nor save that state; a new one resumes from the ledger and re-reads them
@@ -427,30 +426,37 @@ class StreamProcessor:
         return res
 
     def _apply(
-        self, res: BatchResult, unique: list[StreamEvent], partition_of: dict[str, str], wall: float
+        self, res: BatchResult, unique: list[StreamEvent], parts: list[str], wall: float
     ) -> tuple[list[StreamEvent], list[bool], list[Breach], list[Anomaly]]:
         """Drop events the ledger has already, apply the rest to the engine and evaluate it."""
         try:
-            fresh = self._fresh(self._connection(), unique)
+            known = self._known(self._connection(), unique)
         except sa.exc.DBAPIError as err:  # the kept connection died between batches (a database restart, an idle
             if not err.connection_invalidated:  # timeout): nothing is applied yet, so reconnect once and read again
                 raise
             log.warning("stream %s: the ledger connection was lost between batches; reconnecting", self.consumer)
             self._conn = None
-            fresh = self._fresh(self._connection(), unique)
+            known = self._known(self._connection(), unique)
+        fresh = unique
+        if known:
+            keep = [i for i, e in enumerate(unique) if e.event_id not in known]
+            fresh, parts = [unique[i] for i in keep], [parts[i] for i in keep]
         res.duplicates += len(unique) - len(fresh)
         if not fresh:
             return fresh, [], [], []
         self.engine.batch_seq = self._seq
         self.engine.set_active_partitions(p for p, t in self._seen.items() if wall - t <= self.partition_idle_s)
-        by_partition: dict[str, list[StreamEvent]] = {}
-        for e in fresh:
-            by_partition.setdefault(partition_of[e.event_id], []).append(e)
-        late_of: dict[str, bool] = {}
-        for part, evs in by_partition.items():
-            for e, flag in zip(evs, self.engine.apply([e.record for e in evs], part), strict=True):
-                late_of[e.event_id] = flag
-        late = [late_of[e.event_id] for e in fresh]
+        first = parts[0]
+        if parts.count(first) == len(parts):  # one partition (the usual micro-batch): one call, in order
+            late = self.engine.apply([e.record for e in fresh], first)
+        else:
+            by_partition: dict[str, list[int]] = {}
+            for i, p in enumerate(parts):
+                by_partition.setdefault(p, []).append(i)
+            late = [False] * len(fresh)
+            for part, idx in by_partition.items():
+                for i, flag in zip(idx, self.engine.apply([fresh[i].record for i in idx], part), strict=True):
+                    late[i] = flag
         res.late = sum(late)
         res.applied = len(fresh) - res.late
         breaches, anomalies = self.engine.evaluate()
@@ -462,7 +468,6 @@ class StreamProcessor:
         fresh: list[StreamEvent],
         late: list[bool],
         positions: dict[str, int],
-        raw_of: dict[str, bytes],
         lag: dict[str, int],
         now: dt.datetime,
         wall: float,
@@ -494,24 +499,27 @@ class StreamProcessor:
                 received = self._t(now)
                 consumer = self.consumer
                 t = self._t
+                sqlite = self._sqlite
                 records = [e.record for e in fresh]
-                line_keys = self._folder.add_many(records, range(seq + 1, seq + 1 + len(fresh)), wall)
+                line_keys = self._folder.add_many(
+                    records, range(seq + 1, seq + 1 + len(fresh)), wall, [e.group for e in fresh]
+                )
                 rows = []
                 for e, is_late, line in zip(fresh, late, line_keys, strict=True):
                     seq += 1
                     rec = e.record
-                    eid = rec.x_line_item_id or ""
+                    raw = e.raw
                     rows.append(  # finops_stream_event column order
                         (
-                            eid,
+                            e.event_id,
                             consumer,
                             e.producer[:200],
                             e.position[:300],
-                            t(rec.charge_period_start),
+                            _sqlite_iso(e.time_text) if sqlite and e.time_text else t(rec.charge_period_start),
                             is_late,
                             received,
                             seq,
-                            raw_of[eid].decode("utf-8"),
+                            raw if isinstance(raw, str) else raw.decode("utf-8"),
                             line,
                             None,
                         )
@@ -691,14 +699,18 @@ class StreamProcessor:
             self._prune_folds(conn, last)
         log.info("stream %s: folded %d event(s) left unfolded by a previous run", self.consumer, len(rows))
 
-    def _fresh(self, conn: sa.Connection, unique: list[StreamEvent]) -> list[StreamEvent]:
-        """``unique`` without the events whose id the ledger has recorded (one primary-key lookup each)."""
+    def _known(self, conn: sa.Connection, unique: list[StreamEvent]) -> set[str]:
+        """The ids of ``unique`` that the ledger has recorded (one primary-key lookup each)."""
         if not unique:
-            return []
+            return set()
         ids = [e.event_id for e in unique]
         known: set[str] = set()
         for i in range(0, len(ids), _IN_CHUNK):
             part = ids[i : i + _IN_CHUNK]
+            # padded (with its first id again) to a power of two: a few statements, prepared once each, rather
+            # than one per batch size (the driver's statement cache keeps ~100; parsing one costs more than the
+            # lookups it runs)
+            part += part[:1] * ((1 << (len(part) - 1).bit_length()) - len(part))
             sql = self._known_sql.get(len(part))
             if sql is None:
                 sql = self._known_sql[len(part)] = compile_raw(
@@ -711,7 +723,7 @@ class StreamProcessor:
             params: Any = tuple(part) if order is not None else {f"id{j}": v for j, v in enumerate(part)}
             known.update(r[0] for r in conn.exec_driver_sql(text, params))
         conn.rollback()  # ends the read: no snapshot held while the breaches are claimed
-        return [e for e in unique if e.event_id not in known]
+        return known
 
     def _connection(self) -> sa.Connection:
         """The connection this processor's micro-batches use, kept open (no pool round trip, nor PostgreSQL's
@@ -818,7 +830,7 @@ class StreamProcessor:
         """
         if not breaches:
             return
-        claimed = self.ledger.claim_breaches(breaches, by=self._claimer)
+        claimed = self.ledger.claim_breaches(breaches, by=self._claimer, connection=self._connection())
         again = self._undelivered([b.dedupe_key for b in breaches if b.dedupe_key not in claimed])
         for b in breaches:
             if b.dedupe_key not in claimed and b.dedupe_key not in again:
@@ -836,7 +848,8 @@ class StreamProcessor:
         """Of ``keys`` (claimed already), those this consumer claimed whose feed row was never written."""
         if not keys:
             return set()
-        with self.ledger.engine.connect() as conn:
+        conn = self._connection()
+        with conn.begin():  # a read; ends before the batch's transaction
             ours = set(
                 conn.execute(
                     sa.select(breach_table.c.dedupe_key).where(
@@ -936,6 +949,14 @@ def rate_share(pending: int, elapsed: float, interval: float, cap: int) -> int:
     if interval <= 0:
         return min(pending, cap)
     return min(pending, cap, max(1, math.ceil(pending * elapsed / interval)))
+
+
+def _sqlite_iso(text: str) -> str:
+    """:func:`~finops_provider.core.ledger._sqlite_time` of a canonical UTC time text (``StreamEvent.time_text``:
+    ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``), by slicing: ``isoformat`` of an aware datetime costs ~2 us here."""
+    if len(text) == 27:
+        return f"{text[:10]} {text[11:26]}"
+    return f"{text[:10]} {text[11:19]}.000000"
 
 
 def tune_gc() -> None:

