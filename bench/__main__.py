@@ -25,7 +25,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "parse": ("parse.py", ["7"]),
     "callbacks": ("callback_overhead.py", []),
     "ledger": ("ledger_concurrency.py", []),
-    "streaming": ("streaming.py", ["--also-rate", "2000"]),
+    "streaming": ("streaming.py", ["--also-rate", "2000", "--contended"]),
     "api": ("api_economy.py", []),
     "anomaly": ("anomaly_eval.py", []),
 }

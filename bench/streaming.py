@@ -243,6 +243,9 @@ _LINGER_MS = "2"
 _LOW_LATENCY = {"socket.nagle.disable": "true"}
 
 
+_CONTENDED = ", one core taken by a spinning process"
+
+
 def _amount_of(d: int) -> int:
     return 3 + (d * 7919) % 80  # each DAG's budget is crossed by its 3rd..82nd event: spread over the run
 
@@ -259,7 +262,28 @@ def _pcts(xs: list[float]) -> dict[str, float]:
     }
 
 
-def bench_kafka(rate: int, seconds: float, scopes: int) -> dict[str, Any]:
+def _spin(until: float) -> None:
+    """Keep one core busy (another tenant of the machine) until ``until`` (monotonic) or until terminated."""
+    while time.monotonic() < until:
+        pass
+
+
+def bench_kafka(rate: int, seconds: float, scopes: int, contended: bool = False) -> dict[str, Any]:
+    """Produce->breach latency through the mock cluster; ``contended``: with another process spinning on one of
+    the cores for the whole run (the bare baseline too), as a busy neighbour or a slow phase of a VM would."""
+    ctx = mp.get_context("spawn")
+    hog = ctx.Process(target=_spin, args=(time.monotonic() + 3 * seconds + 120,), daemon=True) if contended else None
+    if hog is not None:
+        hog.start()
+    try:
+        return _bench_kafka(rate, seconds, scopes) | {"contended": contended}
+    finally:
+        if hog is not None:
+            hog.terminate()
+            hog.join()
+
+
+def _bench_kafka(rate: int, seconds: float, scopes: int) -> dict[str, Any]:
     from confluent_kafka import Consumer
 
     from finops_provider.core.ledger import Ledger
@@ -329,7 +353,7 @@ def bench_kafka(rate: int, seconds: float, scopes: int) -> dict[str, Any]:
     batch_ms: list[float] = []
     last_at = 0.0  # when the last message was processed
     deadline = time.monotonic() + seconds + 60
-    while time.monotonic() < deadline and proc.metrics.messages < n + 1:
+    while time.monotonic() < deadline and proc.metrics.messages - proc.metrics.dead_letters < n:  # warm-ups: dead
         res = proc.run_once()
         if res.messages:
             last_at = time.monotonic()
@@ -366,6 +390,9 @@ def main() -> None:
     )
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--skip-kafka", action="store_true")
+    ap.add_argument(
+        "--contended", action="store_true", help="one more run at --rate with another process spinning on one core"
+    )
     a = ap.parse_args()
     print(f"python {sys.version.split()[0]}, pid {os.getpid()}, {os.cpu_count()} cpu(s)")
     e = bench_engine(a.events, a.scopes)
@@ -384,14 +411,17 @@ def main() -> None:
         f"STATE   {s['bytes_per_budget_state']:,.0f} B per budget state, {s['bytes_per_anomaly_state']:,.0f} B per "
         f"anomaly state (tracemalloc, {s['budget_states']:,} + {s['anomaly_states']:,} states)"
     )
-    runs = [] if a.skip_kafka else [r for r in (a.rate, a.also_rate) if r]
+    runs = [] if a.skip_kafka else [(r, False) for r in (a.rate, a.also_rate) if r]
+    if a.contended and not a.skip_kafka:
+        runs.append((a.rate, True))
     results = []
-    for rate in runs:
-        k = bench_kafka(rate, a.seconds, min(a.scopes, 1000))
+    for rate, contended in runs:
+        k = bench_kafka(rate, a.seconds, min(a.scopes, 1000), contended)
         results.append(k)
         lb, lr, bm = k["latency_breach"], k["latency_bare_consumer"], k["batch_ms"]
         print(
-            f"KAFKA   target {k['rate_target']:,}/s, produced {k['rate_produced']:,.0f}/s, "
+            f"KAFKA   target {k['rate_target']:,}/s{_CONTENDED if contended else ''}, "
+            f"produced {k['rate_produced']:,.0f}/s, "
             f"consumed {k['rate_consumed']:,.0f}/s, done {k['behind_at_end_ms']:,.0f} ms after the producer; "
             f"breaches {k['breaches_detected']}/{k['breaches_expected']}; "
             f"ledger exact: {k['ledger_exact']}"
@@ -415,10 +445,15 @@ def main() -> None:
     emit("streaming", "state per budget scope", s["bytes_per_budget_state"], "B", higher_is_better=False)
     for k in results:
         lb, lr = k["latency_breach"], k["latency_bare_consumer"]
-        emit("streaming", f"Kafka produce->breach p99 at {k['rate_target']:,}/s", lb.get("p99_ms", 0), "ms",
-             baseline="bare consumer p99", baseline_value=lr.get("p99_ms"), target="< 50 ms",
-             met=lb.get("p99_ms", 1e9) < 50, higher_is_better=False)  # fmt: skip
-        emit("streaming", f"Kafka consumed at {k['rate_target']:,}/s target", k["rate_consumed"], "events/s")
+        label = f"Kafka produce->breach p99 at {k['rate_target']:,}/s{_CONTENDED if k['contended'] else ''}"
+        # the contended run is a stress figure beside the target: a spinning neighbour leaves one core for the
+        # producer, the mock brokers and the consumer together (~1.2 cores of work at 10,000/s)
+        emit("streaming", label, lb.get("p99_ms", 0), "ms",
+             baseline="bare consumer p99", baseline_value=lr.get("p99_ms"),
+             target=None if k["contended"] else "< 50 ms",
+             met=None if k["contended"] else lb.get("p99_ms", 1e9) < 50, higher_is_better=False)  # fmt: skip
+        emit("streaming", f"Kafka consumed at {k['rate_target']:,}/s target{_CONTENDED if k['contended'] else ''}",
+             k["rate_consumed"], "events/s")  # fmt: skip
 
 
 if __name__ == "__main__":
