@@ -195,7 +195,6 @@ def test_cost_event_rejects_non_finite_amounts() -> None:
         cost_event(event_id="x", event_time=T0, source="s", amount=float("inf"))
 
 
-
 # ---------------------------------------------------------------- templates (the decoder's per-shape cache)
 def _outcome(d: StreamEvent | DeadLetter) -> tuple[Any, ...]:
     """Everything a decode result says, with Decimals as text (1 == 1.00 would hide a changed exponent)."""
@@ -283,3 +282,13 @@ def test_other_time_forms_have_no_time_text(text: str) -> None:
     from finops_provider.streaming.events import _canonical
 
     assert _canonical(text) is None
+
+
+def test_a_template_varies_no_fold_key_column_but_the_charge_category() -> None:
+    """The template path overwrites these fields per event and reuses its two fold groups (usage, credit): every
+    other column of the fold key must come from the template, or events of one shape would share a wrong line."""
+    from finops_provider.streaming.events import _FIELDS, _PER_EVENT
+    from finops_provider.streaming.fold import _KEY_ATTRS
+
+    assert _PER_EVENT <= set(_FIELDS)
+    assert set(_KEY_ATTRS) & _PER_EVENT == {"charge_category"}
