@@ -294,10 +294,23 @@ def check_magnitude(value: Decimal, field_name: str) -> None:
 MAX_TEXT = 4096
 
 
+def is_canonical_time(value: Any) -> bool:
+    """``value`` has the canonical form ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (whether it is a valid time: parse it)."""
+    return (
+        type(value) is str
+        and len(value) in (20, 27)
+        and value[-1] == "Z"
+        and value[10] == "T"
+        and value[4] == value[7] == "-"
+        and value[13] == value[16] == ":"
+        and (len(value) == 20 or value[19] == ".")
+    )
+
+
 def parse_time(value: Any, field_name: str) -> dt.datetime:
     """Parse a FOCUS timestamp to tz-aware UTC. Naive values are UTC (as FOCUS exports write them)."""
-    if type(value) is str and len(value) in (20, 27) and value[10] == "T" and value[-1] == "Z":
-        try:  # the canonical form YYYY-MM-DDTHH:MM:SS[.ffffff]Z: tzinfo is datetime.UTC itself, nothing to convert
+    if is_canonical_time(value):
+        try:  # the common case: tzinfo is datetime.UTC itself, nothing to convert
             d = dt.datetime.fromisoformat(value)
         except ValueError:
             d = None  # the general path below names the problem

@@ -44,7 +44,15 @@ from finops_provider.core.allocation import Attributor
 from finops_provider.core.config import FinOpsConfig
 from finops_provider.core.money import MoneyError, check_currency, to_decimal
 from finops_provider.core.pricing import PriceNotFoundError, RateCard
-from finops_provider.core.records import MAX_TAGS, CostRecord, RecordError, check_magnitude, is_utf8, parse_time
+from finops_provider.core.records import (
+    MAX_TAGS,
+    CostRecord,
+    RecordError,
+    check_magnitude,
+    is_canonical_time,
+    is_utf8,
+    parse_time,
+)
 from finops_provider.streaming.fold import group_part
 
 SCHEMA_VERSION = 1
@@ -246,8 +254,9 @@ class EventDecoder:
                 text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw  # lone surrogate)
                 data = json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
             rec, group = self._record(data)
+            t = data["event_time"]  # parsed by _record: canonical text is a valid time
             return StreamEvent(
-                rec, data["source"], position, rec.x_line_item_id or "", group, raw, _canonical(data["event_time"])
+                rec, data["source"], position, rec.x_line_item_id or "", group, raw, t if is_canonical_time(t) else None
             )
         except _Bad as e:
             return DeadLetter(e.field, e.reason, _keep(raw), size, position)
@@ -430,14 +439,6 @@ class EventDecoder:
                 self._prices.clear()
             self._prices[key] = p
         return p
-
-
-def _canonical(t: Any) -> str | None:
-    """``t`` if it is a valid time in the form ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (it parsed), else ``None``."""
-    if type(t) is str and len(t) in (20, 27) and t[-1] == "Z" and t[10] == "T":
-        if t[4] == t[7] == "-" and t[13] == t[16] == ":" and (len(t) == 20 or t[19] == "."):
-            return t
-    return None
 
 
 def _tagged_key(key: tuple[Any, ...], attribution: dict[str, Any]) -> tuple[Any, ...] | None:

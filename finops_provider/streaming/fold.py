@@ -146,7 +146,7 @@ class Folder:
             parts = [None] * len(records)
         with localcontext(MONEY_CONTEXT):
             for rec, seq, part in zip(records, seqs, parts, strict=True):
-                key = group_key(rec) if part is None else (_hour(rec.charge_period_start), *part)
+                key = (_hour(rec.charge_period_start), *(group_part(rec) if part is None else part))
                 g = groups.get(key)
                 self.events += 1
                 if g is None:

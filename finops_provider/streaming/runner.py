@@ -55,7 +55,15 @@ import sqlalchemy as sa
 
 from finops_provider.core.anomaly import Anomaly
 from finops_provider.core.budgets import Breach
-from finops_provider.core.ledger import Ledger, RawSQL, _sqlite_time, compile_raw, execute_raw, untyped
+from finops_provider.core.ledger import (
+    Ledger,
+    RawSQL,
+    _sqlite_time,
+    compile_raw,
+    execute_raw,
+    sqlite_time_text,
+    untyped,
+)
 from finops_provider.core.records import CostRecord
 from finops_provider.core.schema import breach as breach_table
 from finops_provider.core.schema import (
@@ -531,7 +539,7 @@ class StreamProcessor:
                             consumer,
                             e.producer[:200],
                             e.position[:300],
-                            _sqlite_iso(e.time_text) if sqlite and e.time_text else t(rec.charge_period_start),
+                            sqlite_time_text(e.time_text) if sqlite and e.time_text else t(rec.charge_period_start),
                             is_late,
                             received,
                             seq,
@@ -965,14 +973,6 @@ def rate_share(pending: int, elapsed: float, interval: float, cap: int) -> int:
     if interval <= 0:
         return min(pending, cap)
     return min(pending, cap, max(1, math.ceil(pending * elapsed / interval)))
-
-
-def _sqlite_iso(text: str) -> str:
-    """:func:`~finops_provider.core.ledger._sqlite_time` of a canonical UTC time text (``StreamEvent.time_text``:
-    ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``), by slicing: ``isoformat`` of an aware datetime costs ~2 us here."""
-    if len(text) == 27:
-        return f"{text[:10]} {text[11:26]}"
-    return f"{text[:10]} {text[11:19]}.000000"
 
 
 def tune_gc() -> None:
