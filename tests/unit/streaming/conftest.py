@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from finops_provider.core.config import FinOpsConfig, parse_config
 from finops_provider.streaming.events import EventDecoder, StreamEvent, cost_event, encode
+from finops_provider.streaming.sources import JsonlPublisher
 
 T0 = dt.datetime(2026, 10, 10, tzinfo=dt.UTC)  # a Saturday in the middle of a month
 
@@ -99,3 +101,12 @@ def records(decoder: EventDecoder) -> Callable[..., list[Any]]:
         return out
 
     return conv
+
+
+def write_events(path: Path, events: Iterable[dict[str, Any]]) -> Path:
+    """``events`` published to a JSONL file (the embedded source's input); returns ``path``."""
+    pub = JsonlPublisher(path)
+    for ev in events:
+        pub.publish(ev)
+    pub.close()
+    return path

@@ -28,7 +28,7 @@ from finops_provider.streaming.feed import consumer_status, current_totals, dead
 from finops_provider.streaming.runner import CallbackSink, StreamProcessor
 from finops_provider.streaming.service import JsonlSink
 from finops_provider.streaming.sources import JsonlPublisher, JsonlSource, parse_source
-from tests.unit.streaming.conftest import CONFIG, T0
+from tests.unit.streaming.conftest import CONFIG, T0, write_events
 
 
 class Recorder:
@@ -195,11 +195,7 @@ def test_snapshot_plus_replay_restores_the_running_totals(sqlite_url, config, ma
 
 
 def test_two_processors_under_one_consumer_name_never_fold_twice(sqlite_url, config, make_event, tmp_path) -> None:
-    path = tmp_path / "events.jsonl"
-    pub = JsonlPublisher(path)
-    for i in range(20):
-        pub.publish(make_event("1", minutes=i))
-    pub.close()
+    path = write_events(tmp_path / "events.jsonl", (make_event("1", minutes=i) for i in range(20)))
     with Ledger(sqlite_url) as led:
         a = _processor(led, config, path, Recorder(), max_batch=10, fold_interval=3600.0)
         a.start()
@@ -215,11 +211,7 @@ def test_two_processors_under_one_consumer_name_never_fold_twice(sqlite_url, con
 
 
 def _twelve_tens(tmp_path: Path, make_event: Any) -> Path:
-    path = tmp_path / "events.jsonl"
-    pub = JsonlPublisher(path)
-    for i in range(12):
-        pub.publish(make_event("10", minutes=i))
-    pub.close()
+    path = write_events(tmp_path / "events.jsonl", (make_event("10", minutes=i) for i in range(12)))
     return path
 
 
@@ -315,11 +307,7 @@ def test_a_failed_batch_write_after_the_alert_alerts_once_and_counts_once(sqlite
         third.close()
 
 def test_feed_reads_incrementally_and_filters(sqlite_url, config, make_event, tmp_path) -> None:
-    path = tmp_path / "events.jsonl"
-    pub = JsonlPublisher(path)
-    for i in range(11):
-        pub.publish(make_event("10", minutes=i))
-    pub.close()
+    path = write_events(tmp_path / "events.jsonl", (make_event("10", minutes=i) for i in range(11)))
     with Ledger(sqlite_url) as led:
         _drain(_processor(led, config, path, Recorder()))
         items = read_feed(led)
@@ -437,11 +425,8 @@ def test_finops_stream_survives_kill_9_mid_batch(tmp_path, make_event) -> None:
 def test_due_groups_are_folded_at_their_rate_over_several_batches(sqlite_url, config, make_event, tmp_path) -> None:
     """A backlog of due groups is spread over the micro-batches (pending groups x elapsed / fold_interval lines per
     batch, at most fold_chunk), not written in one stall; the lines add up exactly once everything is folded."""
-    path = tmp_path / "events.jsonl"
-    pub = JsonlPublisher(path)
-    for i in range(40):  # 40 tasks: 40 groups (one cost line each)
-        pub.publish(make_event("1.25", minutes=i, task_id=f"t{i}"))
-    pub.close()
+    events = (make_event("1.25", minutes=i, task_id=f"t{i}") for i in range(40))  # 40 tasks: 40 groups (40 lines)
+    path = write_events(tmp_path / "events.jsonl", events)
     with Ledger(sqlite_url) as led:
         p = _processor(led, config, path, Recorder(), max_batch=40, fold_interval=3600.0, fold_chunk=15)
         p.start()
@@ -474,11 +459,7 @@ def _record(config: Any, event: dict[str, Any]) -> Any:
 def test_a_lost_ledger_connection_between_batches_is_reconnected(postgres_url, config, make_event, tmp_path) -> None:
     """The processor keeps one connection; PostgreSQL dropping it between batches (a restart, an idle timeout)
     costs a reconnect, not the stream."""
-    path = tmp_path / "events.jsonl"
-    pub = JsonlPublisher(path)
-    for i in range(20):
-        pub.publish(make_event("1.25", minutes=i))
-    pub.close()
+    path = write_events(tmp_path / "events.jsonl", (make_event("1.25", minutes=i) for i in range(20)))
     rec = Recorder()
     with Ledger(postgres_url) as led:
         p = _processor(led, config, path, rec, max_batch=10)
@@ -497,11 +478,8 @@ def test_a_lost_ledger_connection_between_batches_is_reconnected(postgres_url, c
 
 
 def test_state_saves_are_at_least_state_min_gap_apart(sqlite_url, config, make_event, tmp_path) -> None:
-    path = tmp_path / "events.jsonl"
-    pub = JsonlPublisher(path)
-    for i in range(30):
-        pub.publish(make_event("1", minutes=i, dag_id=f"ingest_d{i}"))
-    pub.close()
+    events = (make_event("1", minutes=i, dag_id=f"ingest_d{i}") for i in range(30))
+    path = write_events(tmp_path / "events.jsonl", events)
     with Ledger(sqlite_url) as led:
         p = _processor(led, config, path, Recorder(), max_batch=30, state_interval=15.0, state_min_gap=0.5)
         p.start()

@@ -18,8 +18,8 @@ from finops_provider.streaming.engine import StreamEngine
 from finops_provider.streaming.events import EventDecoder, encode
 from finops_provider.streaming.feed import stream_events
 from finops_provider.streaming.runner import StreamProcessor
-from finops_provider.streaming.sources import JsonlPublisher, JsonlSource
-from tests.unit.streaming.conftest import T0
+from finops_provider.streaming.sources import JsonlSource
+from tests.unit.streaming.conftest import T0, write_events
 
 _MIGRATIONS = Path(ledger_mod.__file__).parent / "migrations"
 
@@ -59,11 +59,9 @@ def _marks(led: Ledger) -> dict[str, int]:
 
 
 def test_a_fold_is_one_row_per_line_and_events_are_never_updated(ledger_url, config, make_event, tmp_path) -> None:
-    path = tmp_path / "events.jsonl"
-    pub = JsonlPublisher(path)
-    for i in range(30):  # three lines: three tasks in one hour
-        pub.publish(make_event("1.10", minutes=i % 50, task_id=f"t{i % 3}"))
-    pub.close()
+    path = write_events(
+        tmp_path / "events.jsonl", (make_event("1.10", minutes=i % 50, task_id=f"t{i % 3}") for i in range(30))
+    )  # three lines: three tasks in one hour
     with Ledger(ledger_url) as led:
         p = _processor(led, config, path, max_batch=10, fold_interval=3600.0, fold_chunk=2)
         p.start()
@@ -88,11 +86,9 @@ def test_a_fold_is_one_row_per_line_and_events_are_never_updated(ledger_url, con
 
 
 def test_crash_with_some_lines_folded_refolds_only_the_rest(ledger_url, config, make_event, tmp_path) -> None:
-    path = tmp_path / "events.jsonl"
-    pub = JsonlPublisher(path)
-    for i in range(40):
-        pub.publish(make_event("0.25", minutes=i, task_id=f"t{i % 4}"))
-    pub.close()
+    path = write_events(
+        tmp_path / "events.jsonl", (make_event("0.25", minutes=i, task_id=f"t{i % 4}") for i in range(40))
+    )
     with Ledger(ledger_url) as led:
         p = _processor(led, config, path, max_batch=40, fold_interval=3600.0, fold_chunk=2)
         p.start()
