@@ -113,25 +113,22 @@ class _Bad(Exception):
 _FAST_JSON = msgspec.json.Decoder(float_hook=Decimal)
 
 _FIELDS = tuple(f.name for f in fields(CostRecord))
-_I_BILLED, _I_EFFECTIVE, _I_START, _I_END, _I_CATEGORY, _I_PQ, _I_CQ, _I_ID, _I_TAGS = (
-    _FIELDS.index(n)
-    for n in (
-        "billed_cost",
-        "effective_cost",
-        "charge_period_start",
-        "charge_period_end",
-        "charge_category",
-        "pricing_quantity",
-        "consumed_quantity",
-        "x_line_item_id",
-        "tags",
-    )
+#: what a cached template varies per event; everything else about the record follows from the template's key
+_PER_EVENT_FIELDS = (
+    "billed_cost",
+    "effective_cost",
+    "charge_period_start",
+    "charge_period_end",
+    "charge_category",
+    "pricing_quantity",
+    "consumed_quantity",
+    "x_line_item_id",
+    "tags",
 )
-#: what a cached template may vary per event; everything else about the record follows from the template's key
-_PER_EVENT = frozenset(
-    {"billed_cost", "effective_cost", "charge_period_start", "charge_period_end", "charge_category",
-     "pricing_quantity", "consumed_quantity", "x_line_item_id", "tags"}
-)  # fmt: skip
+_PER_EVENT = frozenset(_PER_EVENT_FIELDS)
+_I_BILLED, _I_EFFECTIVE, _I_START, _I_END, _I_CATEGORY, _I_PQ, _I_CQ, _I_ID, _I_TAGS = map(
+    _FIELDS.index, _PER_EVENT_FIELDS
+)
 _MAX_TEMPLATES = 10_000
 
 
